@@ -1,0 +1,245 @@
+"""``GaussianDiffusion``: a schedule, a parameterization and a reverse variance, tied together.
+
+This is the public entry point of the contract in DESIGN.md::
+
+    diffusion = GaussianDiffusion(schedule="linear", timesteps=1000, prediction="eps",
+                                  variance="fixed_small")
+    x_t = diffusion.q_sample(x0, t, noise)
+    loss = diffusion.loss(model, x0)            # L_simple, shape [B]
+    x0 = diffusion.sample(model, shape, sampler="ddim", steps=50, generator=g)
+    bpd = diffusion.bits_per_dim(model, x0)     # the variational bound, bits/dim
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import likelihood
+from .denoiser import Denoiser, Model, _bcast
+from .gaussian import (
+    check_prediction,
+    posterior_coefficients,
+    q_sample,
+    target_of,
+    transition_variance,
+)
+from .samplers import SAMPLERS, VARIANCES, make_levels, make_timesteps
+from .schedules import DiscreteSchedule
+
+
+class GaussianDiffusion:
+    """Discrete-time DDPM with ``T`` steps; model time index ``i`` in ``[0, T-1]`` is the notes' ``t = i+1``.
+
+    Args:
+        schedule: ``"linear"``, ``"cosine"``, ``"sigmoid"`` or a 1-D tensor of betas.
+        timesteps: ``T`` (ignored when betas are given).
+        prediction: what the network predicts: ``"eps"``, ``"x0"`` or ``"v"``.
+        variance: reverse-process variance, ``"fixed_small"`` (``beta~_t``) or ``"fixed_large"``
+            (``beta_t``).
+    """
+
+    def __init__(
+        self,
+        schedule: str | torch.Tensor = "linear",
+        timesteps: int = 1000,
+        prediction: str = "eps",
+        variance: str = "fixed_small",
+    ):
+        if isinstance(schedule, str):
+            self.schedule = DiscreteSchedule.named(schedule, timesteps)
+            self.schedule_name = schedule
+        else:
+            self.schedule = DiscreteSchedule(schedule)
+            self.schedule_name = "custom"
+        self.timesteps = self.schedule.timesteps
+        self.prediction = check_prediction(prediction)
+        if variance not in VARIANCES:
+            raise ValueError(
+                f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}"
+            )
+        self.variance = variance
+
+    def __repr__(self) -> str:
+        return (
+            f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.timesteps}, "
+            f"prediction={self.prediction!r}, variance={self.variance!r})"
+        )
+
+    # ----------------------------------------------------------------- forward process
+    def _t_for(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.dim() != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"t must be a scalar or a [B] tensor with B = {x.shape[0]} (the batch of x), "
+                f"got shape {tuple(t.shape)}"
+            )
+        return self.schedule.check_t(t)
+
+    def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped to broadcast over ``like``."""
+        alpha, sigma = self.schedule.alpha_sigma(self._t_for(like, t))
+        return _bcast(alpha, like), _bcast(sigma, like)
+
+    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)`` in closed form."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        elif noise.shape != x0.shape:
+            raise ValueError(
+                f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}"
+            )
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return q_sample(x0, alpha, sigma, noise)
+
+    def log_snr(self, t) -> torch.Tensor:
+        """``lambda_t = log(alpha_bar_t / (1 - alpha_bar_t))``; fractional ``t`` interpolates linearly."""
+        return self.schedule.log_snr(t)
+
+    def q_posterior(
+        self, x0: torch.Tensor, x_t: torch.Tensor, t
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``q(x_{t-1} | x_t, x_0) = N(mu~_t, beta~_t I)`` (DDPM eqs. 6-7).
+
+        Returns ``(mean, variance, log_variance)`` broadcast to ``x_t``. At index 0 (the notes'
+        ``t = 1``) ``beta~`` is 0; its log is clipped to ``log beta~`` of index 1, as in improved DDPM.
+        """
+        if x0.shape != x_t.shape:
+            raise ValueError(f"x0 shape {tuple(x0.shape)} differs from x_t {tuple(x_t.shape)}")
+        idx = self._integer_t(x_t, t)
+        s = self.schedule
+        a_t, s_t = s.alpha_bar[idx].sqrt(), (1 - s.alpha_bar[idx]).sqrt()
+        a_s, s_s = s.alpha_bar_prev[idx].sqrt(), (1 - s.alpha_bar_prev[idx]).sqrt()
+        c0, ct, var = posterior_coefficients(a_t, s_t, a_s, s_s)
+        mean = _bcast(c0, x_t) * x0 + _bcast(ct, x_t) * x_t
+        log_var = torch.log(self._clipped_posterior_variance()[idx])
+        return mean, _bcast(var, x_t).expand_as(x_t), _bcast(log_var, x_t).expand_as(x_t)
+
+    def _integer_t(self, x: torch.Tensor, t) -> torch.Tensor:
+        t64 = self._t_for(x, t)
+        if not bool((t64 == t64.round()).all()):
+            raise ValueError("this quantity is defined on integer timesteps only")
+        return t64.long().cpu()
+
+    def _clipped_posterior_variance(self) -> torch.Tensor:
+        s = self.schedule
+        var = s.betas * (1 - s.alpha_bar_prev) / (1 - s.alpha_bar)
+        if self.timesteps > 1:
+            var = torch.cat([var[1:2], var[1:]])
+        else:
+            var = s.betas.clone()
+        return var
+
+    def reverse_log_variance(self) -> torch.Tensor:
+        """``log sigma_t^2`` of ``p(x_{t-1} | x_t)`` for each index, float64 ``[T]``:
+        ``beta~_t`` (fixed_small) or ``beta_t`` (fixed_large); index 0 uses ``beta~`` of index 1
+        (DDPM's decoder variance, since ``beta~_1 = 0``)."""
+        clipped = self._clipped_posterior_variance()
+        if self.variance == "fixed_small":
+            return torch.log(clipped)
+        return torch.log(torch.cat([clipped[:1], self.schedule.betas[1:]]))
+
+    # ----------------------------------------------------------------- reverse process
+    def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
+        return Denoiser(model, self.schedule, self.prediction, clip)
+
+    def p_mean_variance(
+        self, model: Model, x_t: torch.Tensor, t, clip: tuple[float, float] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I)`` with ``mu_theta = mu~(x_t, x0_hat)``.
+
+        Returns ``(mean, log_variance, x0_hat)``.
+        """
+        idx = self._integer_t(x_t, t)
+        x0_hat, _ = self.denoiser(model, clip)(x_t, idx.to(torch.float64))
+        mean, _, _ = self.q_posterior(x0_hat, x_t, idx)
+        log_var = _bcast(self.reverse_log_variance()[idx], x_t).expand_as(x_t)
+        return mean, log_var, x0_hat
+
+    # ----------------------------------------------------------------- training
+    def loss(
+        self,
+        model: Model,
+        x0: torch.Tensor,
+        t: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """``L_simple``: ``|| target - model(x_t, t) ||^2`` averaged over dimensions, shape ``[B]``.
+
+        ``t`` is drawn uniformly from ``{0, ..., T-1}`` (Algorithm 1) unless given; the target is
+        ``eps``, ``x0`` or ``v`` as the prediction says.
+        """
+        if x0.dim() < 2:
+            raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
+        B = x0.shape[0]
+        if t is None:
+            t = torch.randint(0, self.timesteps, (B,), generator=generator, device="cpu")
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        x_t = self.q_sample(x0, t, noise)
+        alpha, sigma = self.alpha_sigma(t, x0)
+        out = self.denoiser(model).raw(x_t, self._t_for(x0, t))
+        target = target_of(self.prediction, x0, noise, alpha, sigma)
+        return (out - target).pow(2).flatten(1).mean(1)
+
+    # ----------------------------------------------------------------- sampling
+    def timesteps_for(self, steps: int | None = None, spacing: str = "uniform") -> torch.Tensor:
+        """The decreasing model times a sampler walks (``steps`` defaults to ``T``)."""
+        return make_timesteps(self.schedule, self.timesteps if steps is None else steps, spacing)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        sampler: str = "ancestral",
+        steps: int | None = None,
+        spacing: str = "uniform",
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        clip: tuple[float, float] | None = None,
+        progress: bool = False,
+        x_T: torch.Tensor | None = None,
+        return_nfe: bool = False,
+        **sampler_kwargs,
+    ):
+        """Draw ``x_0`` by running ``sampler`` from ``x_T ~ N(0, I)`` over ``steps`` levels.
+
+        ``sampler`` is ``"ancestral"`` (Algorithm 2, with the diffusion's variance unless
+        ``variance=`` is passed) or ``"ddim"`` (``eta=`` 0 by default). With ``return_nfe`` the number
+        of network evaluations is returned as well.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        levels = make_levels(self.schedule, self.timesteps_for(steps, spacing))
+        if x_T is None:
+            x_T = torch.randn(tuple(shape), generator=generator, device=device or "cpu", dtype=dtype)
+        elif tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match shape {tuple(shape)}")
+        if sampler == "ancestral":
+            sampler_kwargs.setdefault("variance", self.variance)
+        den = self.denoiser(model, clip)
+        x0 = SAMPLERS[sampler](
+            den, x_T, levels, generator=generator, progress=progress, **sampler_kwargs
+        )
+        return (x0, den.nfe) if return_nfe else x0
+
+    # ----------------------------------------------------------------- the bound
+    def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
+        """``L_T = KL(q(x_T | x_0) || N(0, I))`` summed over dimensions, nats ``[B]``."""
+        return likelihood.prior_kl(self, x0)
+
+    def vlb_terms(self, model: Model, x0: torch.Tensor, **kwargs) -> likelihood.VLBTerms:
+        """Every term of the bound in bits/dim: prior ``L_T``, ``L_{t-1}`` for each ``t`` and the
+        decoder ``L_0``. See :func:`difflab.likelihood.vlb_terms` for the options."""
+        return likelihood.vlb_terms(self, model, x0, **kwargs)
+
+    def bits_per_dim(self, model: Model, x0: torch.Tensor, **kwargs) -> torch.Tensor:
+        """The variational bound ``L_T + sum L_{t-1} + L_0`` in bits per dimension, ``[B]``."""
+        return self.vlb_terms(model, x0, **kwargs).total
+
+
+__all__ = ["GaussianDiffusion", "transition_variance"]

@@ -1,0 +1,81 @@
+"""Ancestral sampling (DDPM Algorithm 2) and DDIM on one list of noise levels.
+
+Both are pure functions of ``(denoiser, x_T, levels)``. Respacing is exact: a step from level ``t``
+to an earlier level ``s`` uses ``alpha_{t|s} = alpha_t/alpha_s`` and the respaced
+``beta = 1 - alpha_t^2/alpha_s^2``, so the posterior variance is recomputed for the shorter chain.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..denoiser import Denoiser
+from ..gaussian import posterior_coefficients, transition_variance
+from .levels import Levels
+
+VARIANCES = ("fixed_small", "fixed_large")
+
+
+def _progress(it, total: int, enabled: bool, desc: str):
+    if not enabled:
+        return it
+    from tqdm.auto import tqdm
+
+    return tqdm(it, total=total, desc=desc, leave=False)
+
+
+def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+@torch.no_grad()
+def ancestral(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    levels: Levels,
+    *,
+    variance: str = "fixed_small",
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDPM Algorithm 2: ``x_s = mu~(x_t, x0_hat) + sigma z`` for each step ``t -> s``.
+
+    ``mu~`` is the posterior mean with the model's ``x0_hat``; ``sigma^2`` is ``beta~`` (fixed_small)
+    or the respaced ``beta`` (fixed_large). The noise is scaled by the standard deviation, not by
+    the variance (seed 001 writes ``sigma_t^2 z``). No noise is added on the step to the data.
+    """
+    if variance not in VARIANCES:
+        raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    for t, a_t, s_t, a_s, s_s in _progress(levels.pairs(), len(levels), progress, "ancestral"):
+        x0, _ = denoiser(x, t)
+        c0, ct, post_var = posterior_coefficients(a_t, s_t, a_s, s_s)
+        x = c0.to(x.dtype) * x0 + ct.to(x.dtype) * x
+        if float(s_s) > 0:
+            var = post_var if variance == "fixed_small" else transition_variance(a_t, s_t, a_s, s_s)
+            x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
+    return x
+
+
+@torch.no_grad()
+def ddim(
+    denoiser: Denoiser,
+    x: torch.Tensor,
+    levels: Levels,
+    *,
+    eta: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
+    """DDIM (Song et al. 2021, eq. 12): ``x_s = alpha_s x0_hat + sqrt(sigma_s^2 - c^2) eps_hat + c z``
+    with ``c = eta sqrt(beta~)``; ``eta = 0`` is deterministic, ``eta = 1`` is ancestral sampling."""
+    if not eta >= 0:
+        raise ValueError(f"eta must be >= 0, got {eta!r}")
+    for t, a_t, s_t, a_s, s_s in _progress(levels.pairs(), len(levels), progress, "ddim"):
+        x0, eps = denoiser(x, t)
+        c2 = eta**2 * posterior_coefficients(a_t, s_t, a_s, s_s)[2]
+        if float(c2) > float(s_s**2):
+            raise ValueError(f"eta={eta} gives more noise than the level holds; use eta <= 1")
+        x = a_s.to(x.dtype) * x0 + (s_s**2 - c2).sqrt().to(x.dtype) * eps
+        if float(c2) > 0:
+            x = x + c2.sqrt().to(x.dtype) * _noise(x, generator)
+    return x
