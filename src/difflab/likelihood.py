@@ -20,8 +20,8 @@ import torch
 from .gaussian import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 
 if TYPE_CHECKING:
-    from .diffusion import GaussianDiffusion
     from .denoiser import Model
+    from .diffusion import GaussianDiffusion
 
 DECODERS = ("discretized", "gaussian")
 
@@ -92,7 +92,6 @@ def vlb_terms(
     if x0.dim() < 2:
         raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
     B, T = x0.shape[0], diffusion.timesteps
-    sched = diffusion.schedule
     den = diffusion.denoiser(model, clip)
     log_var_p = diffusion.reverse_log_variance()
     chunk = max(1, max_batch // B)

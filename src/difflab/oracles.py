@@ -2,7 +2,8 @@
 
 With ``x_t = alpha x_0 + sigma eps`` the best denoiser is ``E[x_0 | x_t]`` (Tweedie). For
 
-* Gaussian data ``x_0 ~ N(mu, s^2 I)``: ``E[x_0|x_t] = mu + alpha s^2 (x_t - alpha mu) / (alpha^2 s^2 + sigma^2)``;
+* Gaussian data ``x_0 ~ N(mu, s^2 I)``:
+  ``E[x_0|x_t] = mu + alpha s^2 (x_t - alpha mu) / (alpha^2 s^2 + sigma^2)``;
 * a Gaussian mixture ``sum_k pi_k N(m_k, s_k^2 I)``: the noisy marginal is the mixture
   ``sum_k pi_k N(alpha m_k, (alpha^2 s_k^2 + sigma^2) I)``, and ``E[x_0|x_t]`` is the
   responsibility-weighted sum of each component's Gaussian answer;
