@@ -53,9 +53,8 @@ class Denoiser:
 
     def __call__(self, x_t: torch.Tensor, t) -> tuple[torch.Tensor, torch.Tensor]:
         t = torch.as_tensor(t, dtype=torch.float64)
-        alpha, sigma = (
-            _bcast(v, x_t) for v in self.schedule.alpha_sigma(t.expand(x_t.shape[0]))
-        )
+        # one (alpha, sigma) pair for a shared scalar t, else one per example
+        alpha, sigma = (_bcast(v, x_t) for v in self.schedule.alpha_sigma(t.reshape(-1)))
         x0, eps = to_x0_eps(self.raw(x_t, t), self.prediction, x_t, alpha, sigma)
         if self.clip is not None:
             x0 = x0.clamp(*self.clip)

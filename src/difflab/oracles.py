@@ -30,7 +30,13 @@ class _Oracle:
 
     def __call__(self, x_t: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         x = x_t.to(torch.float64)
-        alpha, sigma = self.diffusion.alpha_sigma(t.to(torch.float64), x)
+        t = t.to(torch.float64)
+        if bool((t == t[0]).all()):  # samplers pass one shared t: compute its (alpha, sigma) once
+            t = t[:1]
+        alpha, sigma = (
+            v.to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
+            for v in self.diffusion.schedule.alpha_sigma(t)
+        )
         x0 = self.posterior_mean(x, alpha, sigma)
         eps = (x - alpha * x0) / sigma
         return target_of(self.diffusion.prediction, x0, eps, alpha, sigma).to(x_t.dtype)

@@ -26,6 +26,11 @@ def linear_betas(timesteps: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> 
     """
     _check_timesteps(timesteps)
     scale = 1000.0 / timesteps
+    if scale * beta_T >= 1:
+        raise ValueError(
+            f"the linear schedule rescaled to timesteps={timesteps} has beta_T = {scale * beta_T:g} >= 1; "
+            f"use timesteps >= {int(1000 * beta_T) + 1} or pass betas explicitly"
+        )
     return torch.linspace(scale * beta_1, scale * beta_T, timesteps, dtype=torch.float64)
 
 

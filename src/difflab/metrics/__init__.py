@@ -1,0 +1,5 @@
+"""Sample-quality metrics."""
+
+from .sliced import sliced_wasserstein
+
+__all__ = ["sliced_wasserstein"]
