@@ -21,7 +21,8 @@ def linear_betas(timesteps: int, beta_1: float = 1e-4, beta_T: float = 0.02) -> 
     """DDPM's linear schedule, ``beta_t`` from ``1e-4`` to ``0.02`` at ``T = 1000``.
 
     For other ``T`` both endpoints are scaled by ``1000 / T`` (improved DDPM), which keeps
-    ``alpha_bar_T`` near ``e^-10`` whatever the number of steps. (Seed 002 writes the end point as
+    ``alpha_bar_T`` near ``e^-10`` (log within ~0.8 for ``T >= 100``); ``T <= 20`` is refused since
+    ``beta_T`` would reach 1. (Seed 002 writes the end point as
     0.002; with that value ``alpha_bar_T`` would be ``e^-1``, far from pure noise.)
     """
     _check_timesteps(timesteps)

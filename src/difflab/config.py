@@ -1,0 +1,180 @@
+"""Run configuration: TOML presets, command-line overrides, validation.
+
+A config has sections ``data``, ``model``, ``diffusion``, ``train``, ``sample`` and ``eval``; each is a
+dataclass whose fields are the only keys allowed. Unknown keys are rejected with the list of valid
+ones, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PRESETS_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class DataConfig:
+    name: str = "moons"
+    n_train: int = 100_000
+    n_test: int = 5_000
+    seed: int = 0
+
+
+@dataclass
+class ModelConfig:
+    kind: str = "mlp"
+    hidden: int = 256
+    depth: int = 4
+    emb_dim: int = 128
+
+
+@dataclass
+class DiffusionConfig:
+    schedule: str = "linear"
+    timesteps: int = 1000
+    prediction: str = "eps"
+    variance: str = "fixed_small"
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 20_000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup: int = 200
+    lr_schedule: str = "cosine"  # "cosine" (to 0 over steps or max_minutes) or "constant"
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    max_minutes: float = 0.0  # 0: no wall-clock limit
+    log_every: int = 100
+    ckpt_every: int = 2_000
+    device: str = "cpu"
+    threads: int = 0  # 0: torch's default
+
+
+@dataclass
+class SampleConfig:
+    sampler: str = "ancestral"
+    steps: int = 0  # 0: all T steps
+    spacing: str = "uniform"
+    eta: float = 0.0
+    n: int = 5_000
+    seed: int = 1
+
+
+@dataclass
+class EvalConfig:
+    n: int = 5_000  # points compared by the sliced Wasserstein distance
+    projections: int = 1_000
+    floor_pairs: int = 5  # fresh-data pairs averaged for the distance's noise floor
+    bound_n: int = 1_000  # held-out points scored by the bound
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _fields(cls) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def _coerce(value: Any, default: Any, where: str) -> Any:
+    """Check ``value`` against the type of the field's default (ints are accepted as floats)."""
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{where} must be of type {kind.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(raw: dict[str, Any]) -> Config:
+    """Build a :class:`Config`, rejecting unknown sections and keys by name."""
+    cfg = Config()
+    top = _fields(Config)
+    for key, value in raw.items():
+        if key not in top:
+            raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(top)}")
+        if key == "name":
+            cfg.name = _coerce(value, cfg.name, "name")
+            continue
+        if not isinstance(value, dict):
+            raise ValueError(f"config section [{key}] must be a table, got {value!r}")
+        section = getattr(cfg, key)
+        allowed = _fields(type(section))
+        for k, v in value.items():
+            if k not in allowed:
+                raise ValueError(
+                    f"unknown key {k!r} in [{key}]; valid keys: {', '.join(sorted(allowed))}"
+                )
+            setattr(section, k, _coerce(v, getattr(section, k), f"{key}.{k}"))
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"train.lr=1e-3"`` -> ``(["train", "lr"], 0.001)``; the value is read as a TOML value and
+    falls back to a plain string (``data.name=moons``)."""
+    if "=" not in text:
+        raise ValueError(f"override {text!r} must look like section.key=value")
+    path, value = text.split("=", 1)
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    return path.strip().split("."), parsed
+
+
+def resolve_path(spec: str) -> Path:
+    """A config file path, or the name of a bundled preset (``toy2d``)."""
+    p = Path(spec)
+    if p.is_file():
+        return p
+    preset = PRESETS_DIR / f"{spec}.toml"
+    if preset.is_file():
+        return preset
+    names = sorted(q.stem for q in PRESETS_DIR.glob("*.toml"))
+    raise FileNotFoundError(f"config {spec!r} is neither a file nor a preset; presets: {', '.join(names)}")
+
+
+def load(spec: str | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load a TOML file or preset, apply ``section.key=value`` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if spec is not None:
+        with open(resolve_path(spec), "rb") as fh:
+            raw = tomllib.load(fh)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = raw
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {text!r}: {part!r} is not a section")
+        node[path[-1]] = value
+    return from_dict(raw)
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    import tomli_w
+
+    Path(path).write_text(tomli_w.dumps(cfg.to_dict()))
