@@ -23,18 +23,30 @@ PRESETS_DIR = Path(__file__).parent / "configs"
 
 @dataclass
 class DataConfig:
-    name: str = "moons"
-    n_train: int = 100_000
+    name: str = "moons"  # a 2-D toy name, "digits", "mnist", "folder" or "array"
+    n_train: int = 100_000  # toy data: points drawn for training
     n_test: int = 5_000
     seed: int = 0
+    path: str = ""  # image folder or .npy/.npz file for name = "folder" / "array"
+    image_size: int = 0  # resize / centre-crop folder images to this size (0: keep)
+    channels: int = 0  # 1 = grayscale, 3 = RGB, 0 = as the data is
+    test_fraction: float = 0.1  # held-out share of image data (fixed, recorded split)
 
 
 @dataclass
 class ModelConfig:
-    kind: str = "mlp"
-    hidden: int = 256
-    depth: int = 4
-    emb_dim: int = 128
+    kind: str = "mlp"  # "mlp" (vector data) or "unet" (images)
+    hidden: int = 256  # mlp
+    depth: int = 4  # mlp
+    emb_dim: int = 128  # mlp
+    channels: int = 64  # unet base channels
+    channel_mult: list = field(default_factory=lambda: [1, 2, 2])
+    num_res_blocks: int = 2
+    attention_resolutions: list = field(default_factory=lambda: [7])
+    dropout: float = 0.1
+    scale_shift_norm: bool = True
+    learn_sigma: bool = False
+    num_classes: int = 0  # > 0: class-conditional, with a null class for guidance
 
 
 @dataclass
@@ -61,6 +73,12 @@ class TrainConfig:
     ckpt_every: int = 2_000
     device: str = "cpu"
     threads: int = 0  # 0: torch's default
+    grad_accum: int = 1  # micro-batches per optimizer step (batch_size is the global batch)
+    precision: str = "fp32"  # "fp32" or "bf16" (autocast on CPU and CUDA)
+    channels_last: bool = False
+    compile: bool = False
+    keep_checkpoints: int = 3  # step-numbered checkpoints kept besides the latest
+    sample_every: int = 0  # write a sample grid every N steps (0: never)
 
 
 @dataclass
