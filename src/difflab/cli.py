@@ -19,13 +19,19 @@ def _parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model from a TOML config or preset")
     t.add_argument("--config", default="toy2d", help="TOML file or preset name (default: toy2d)")
     t.add_argument("--run", default=None, help="run folder (default: runs/<config name>)")
-    t.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="override one config value, e.g. --set train.lr=1e-3 (repeatable)")
+    t.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="SECTION.KEY=VALUE",
+        help="override one config value, e.g. --set train.lr=1e-3 (repeatable)",
+    )
     t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
-    s.add_argument("--run", required=True, help="run folder written by `difflab train`")
+    s.add_argument("--run", "--ckpt", dest="run", required=True, help="run folder written by `difflab train`")
     s.add_argument("--sampler", default=None, help="ancestral or ddim (default: the config's)")
     s.add_argument("--steps", type=int, default=None, help="number of steps (default: all T)")
     s.add_argument("--spacing", default=None, help="uniform, quadratic or logsnr")
@@ -34,12 +40,22 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--no-progress", action="store_true")
 
-    e = sub.add_parser("eval", help="sliced Wasserstein distance and the bound of a trained run")
-    e.add_argument("--run", required=True)
+    e = sub.add_parser("eval", help="metrics of a trained run: bpd, fd, sw or all that fit its data")
+    e.add_argument(
+        "what",
+        nargs="?",
+        default="all",
+        choices=["all", "bpd", "fd", "sw"],
+        help="bpd: the variational bound; fd: Fréchet distance in classifier features (images); "
+        "sw: sliced Wasserstein-2 (2-D data); all (default)",
+    )
+    e.add_argument("--run", "--ckpt", dest="run", required=True)
+    e.add_argument("--split", default="test", choices=["test", "train"], help="data split for bpd")
+    e.add_argument("--n", type=int, default=None, help="examples scored (bpd) or samples used (fd)")
     e.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser("demo", help="train, sample and evaluate the bundled toy job end to end")
-    d.add_argument("--config", default="toy2d")
+    d.add_argument("--config", default="toy2d", help="preset or TOML file (default: toy2d)")
     d.add_argument("--run", default="runs/demo")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
@@ -60,10 +76,27 @@ def main(argv: list[str] | None = None) -> int:
             _print(jobs.train(cfg, run, resume=args.resume, progress=progress))
             print(f"run folder: {run}")
         elif args.command == "sample":
-            _print(jobs.sample(args.run, args.sampler, args.steps, args.n, args.seed, args.spacing,
-                               args.eta, progress=progress))
+            _print(
+                jobs.sample(
+                    args.run,
+                    args.sampler,
+                    args.steps,
+                    args.n,
+                    args.seed,
+                    args.spacing,
+                    args.eta,
+                    progress=progress,
+                )
+            )
         elif args.command == "eval":
-            _print(jobs.evaluate(args.run, progress=progress))
+            if args.what == "bpd":
+                _print(jobs.bound(args.run, args.split, args.n, progress=progress))
+            elif args.what == "fd":
+                _print(jobs.frechet(args.run, args.n))
+            elif args.what == "sw":
+                _print(jobs.sliced(args.run))
+            else:
+                _print(jobs.evaluate(args.run, progress=progress))
         elif args.command == "demo":
             return _demo(args, progress)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -76,21 +109,52 @@ def _demo(args, progress: bool) -> int:
     t0 = time.perf_counter()
     cfg = config_mod.load(args.config, args.overrides)
     run = Path(args.run)
-    print(f"[1/3] training on {cfg.data.name} for at most {cfg.train.max_minutes:g} min -> {run}")
+    print(f"[1/4] training on {cfg.data.name} for at most {cfg.train.max_minutes:g} min -> {run}")
     summary = jobs.train(cfg, run, progress=progress)
     print(f"      {summary['steps']} steps in {summary['seconds']} s ({summary['it_per_s']} it/s)")
-    print(f"[2/3] sampling {cfg.sample.n} points with {cfg.sample.sampler}")
+    print(f"[2/4] sampling {cfg.sample.n} with {cfg.sample.sampler}")
     s = jobs.sample(run, progress=progress)
     print(f"      {s['nfe']} network evaluations in {s['seconds']} s")
-    print("[3/3] evaluating: sliced Wasserstein-2 and the bound on held-out points")
-    m = jobs.evaluate(run, progress=progress)
-    print(f"      sliced W2 to fresh data {m['sliced_w2']:.4f}, between two fresh data sets "
-          f"{m['sliced_w2_floor']:.4f} -> ratio {m['sliced_w2_ratio']:.2f}")
-    print(f"      bound on {m['bound_points']} held-out points: {m['bound_nats_per_dim']:.3f}"
-          f" +- {m['bound_nats_per_dim_stderr']:.3f} nats/dim")
+    files = [
+        "samples.png",
+        "samples.npy",
+        "metrics.json",
+        "train.json",
+        "config.toml",
+        "log.csv",
+        "model.safetensors",
+        "checkpoint.pt",
+    ]
+    if cfg.model.kind == "mlp":
+        print("[3/4] sliced Wasserstein-2 against fresh data")
+        m = jobs.sliced(run)
+        print(
+            f"      samples to fresh data {m['sliced_w2']:.4f}, between two fresh data sets "
+            f"{m['sliced_w2_floor']:.4f} -> ratio {m['sliced_w2_ratio']:.2f}"
+        )
+        print("[4/4] the variational bound on held-out points")
+        m = jobs.bound(run, progress=progress)
+        print(
+            f"      {m['bound_nats_per_dim']:.3f} +- {m['bound_nats_per_dim_stderr']:.3f} nats/dim "
+            f"on {m['bound_points']} points"
+        )
+    else:
+        print("[3/4] forward and reverse strips, test bits/dim")
+        files[1:1] = jobs.strips(run)
+        m = jobs.bound(run, progress=progress)
+        print(
+            f"      test bound {m['bound_bits_per_dim']:.3f} +- {m['bound_bits_per_dim_stderr']:.3f} bits/dim"
+            f" on {m['bound_points']} images"
+        )
+        print("[4/4] Fréchet distance in the features of a digit classifier (trained once, cached)")
+        m = jobs.frechet(run)
+        print(
+            f"      FD {m['fd']:.3f} (train vs test images: {m['fd_train_vs_test']:.3f}); classifier test "
+            f"accuracy {m['classifier_test_accuracy']:.3f}; {100 * m['confident_fraction']:.1f}% of samples "
+            "assigned to a digit with probability > 0.9"
+        )
     print(f"done in {time.perf_counter() - t0:.0f} s. Results in {run}/:")
-    for name in ("samples.png", "samples.npy", "metrics.json", "train.json", "config.toml", "log.csv",
-                 "model.safetensors", "checkpoint.pt"):
+    for name in files:
         print(f"  {run / name}")
     return 0
 

@@ -1,12 +1,13 @@
 """The jobs behind the command line, each reading and writing one run folder::
 
-    RUN/config.toml        resolved configuration
-    RUN/checkpoint.pt      full training state (atomic)
-    RUN/model.safetensors  EMA weights (atomic)
-    RUN/log.csv            step, loss, lr, seconds
-    RUN/train.json         training summary
-    RUN/samples.npy/.png   samples and a scatter plot of data vs samples
-    RUN/metrics.json       evaluation
+RUN/config.toml        resolved configuration
+RUN/split.json         the recorded train/test split (image data)
+RUN/checkpoint.pt      full training state (atomic)
+RUN/model.safetensors  EMA weights (atomic)
+RUN/log.csv            step, loss, lr, seconds
+RUN/train.json         training summary
+RUN/samples.npy/.png   samples; a scatter plot (2-D data) or an image grid
+RUN/metrics.json       evaluation
 """
 
 from __future__ import annotations
@@ -21,15 +22,24 @@ import numpy as np
 import torch
 
 from . import config as config_mod
-from .build import build_data, build_diffusion, build_model, fresh_data
+from .build import Splits, build_diffusion, build_model, build_splits, conditional, fresh_data
 from .config import Config
 from .metrics import sliced_wasserstein
 from .train.checkpoint import atomic_write, load_weights
 from .train.trainer import Trainer
 
+IMAGE_CLIP = (-1.0, 1.0)
+
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
+
+
+def _update_json(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    old.update(obj)
+    _write_json(path, old)
+    return old
 
 
 def _set_threads(cfg: Config) -> None:
@@ -37,36 +47,73 @@ def _set_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.train.threads)
 
 
+def _labels_for(cfg: Config, n: int) -> torch.Tensor | None:
+    k = cfg.model.num_classes
+    return torch.arange(n) % k if k > 0 else None
+
+
+def _sampling_model(cfg: Config, model: torch.nn.Module, n: int):
+    y = _labels_for(cfg, n)
+    return model if y is None else conditional(model, y)
+
+
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
     """Train a model as ``cfg`` says; with ``resume`` continue from the run folder's checkpoint."""
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
     _set_threads(cfg)
     torch.manual_seed(cfg.train.seed)
-    data = build_data(cfg, "train")
+    splits = build_splits(cfg)
     diffusion = build_diffusion(cfg)
-    model = build_model(cfg, tuple(data.shape[1:]))
-    trainer = Trainer(diffusion, model, data, cfg.train, run_dir, config=cfg.to_dict())
+    model = build_model(cfg, splits.shape)
+    extra: dict[str, Any] = {}
+    if cfg.model.num_classes > 0:
+        if splits.train_y is None:
+            raise ValueError(f"model.num_classes={cfg.model.num_classes} needs labelled data")
+        extra.update(labels=splits.train_y, num_classes=cfg.model.num_classes)
+    if splits.is_image and cfg.train.sample_every > 0:
+        extra["on_sample"] = _grid_callback(cfg, diffusion, splits, run_dir)
+    trainer = Trainer(diffusion, model, splits.train, cfg.train, run_dir, config=cfg.to_dict(), **extra)
     if resume:
         trainer.resume()
-    run_dir.mkdir(parents=True, exist_ok=True)
     config_mod.save(cfg, run_dir / "config.toml")
+    if splits.info:
+        _write_json(run_dir / "split.json", splits.info)
     summary = trainer.fit(progress_bar=progress)
     summary["parameters"] = sum(p.numel() for p in model.parameters())
     _write_json(run_dir / "train.json", summary)
     return summary
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module]:
-    """``(config, diffusion, EMA model)`` of a trained run folder."""
+def _grid_callback(cfg: Config, diffusion, splits: Splits, run_dir: Path):
+    from .viz.images import save_grid
+
+    def on_sample(step: int, ema_model: torch.nn.Module) -> None:
+        n = 36
+        x = diffusion.sample(
+            _sampling_model(cfg, ema_model, n),
+            (n, *splits.shape),
+            sampler="ddim",
+            steps=50,
+            clip=IMAGE_CLIP,
+            generator=torch.Generator().manual_seed(0),
+        )
+        save_grid(x, run_dir / "grids" / f"step-{step:07d}.png", nrow=6)
+
+    return on_sample
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
+    """``(config, diffusion, EMA model, data splits)`` of a trained run folder."""
     run_dir = Path(run_dir)
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
     cfg = config_mod.load(str(cfg_path))
-    data = build_data(cfg, "test")
-    model = build_model(cfg, tuple(data.shape[1:]))
+    splits = build_splits(cfg)
+    model = build_model(cfg, splits.shape)
     model.load_state_dict(load_weights(run_dir))
-    return cfg, build_diffusion(cfg), model.eval()
+    return cfg, build_diffusion(cfg), model.eval(), splits
 
 
 def sample(
@@ -81,7 +128,7 @@ def sample(
 ) -> dict[str, Any]:
     """Draw samples with the EMA weights; writes ``samples.npy`` and ``samples.png``."""
     run_dir = Path(run_dir)
-    cfg, diffusion, model = load_run(run_dir)
+    cfg, diffusion, model, splits = load_run(run_dir)
     _set_threads(cfg)
     s = cfg.sample
     sampler = sampler or s.sampler
@@ -89,12 +136,13 @@ def sample(
     n = n or s.n
     t0 = time.perf_counter()
     x, nfe = diffusion.sample(
-        model,
-        (n, *build_data(cfg, "test").shape[1:]),
+        _sampling_model(cfg, model, n),
+        (n, *splits.shape),
         sampler=sampler,
         steps=(steps or s.steps) or None,
         spacing=spacing or s.spacing,
         generator=torch.Generator().manual_seed(s.seed if seed is None else seed),
+        clip=IMAGE_CLIP if splits.is_image else None,
         progress=progress,
         return_nfe=True,
         **kwargs,
@@ -103,57 +151,154 @@ def sample(
     if not bool(torch.isfinite(x).all()):
         raise RuntimeError(f"sampling produced NaN or inf values ({sampler}, {nfe} steps)")
     atomic_write(run_dir / "samples.npy", lambda tmp: np.save(open(tmp, "wb"), x.numpy()))
-    from .viz import scatter_compare
+    if splits.is_image:
+        from .viz.images import save_grid
 
-    scatter_compare(
-        build_data(cfg, "test"), x, run_dir / "samples.png", f"{cfg.data.name}: {sampler}, {nfe} NFE"
-    )
+        save_grid(x[:100], run_dir / "samples.png", nrow=10)
+    else:
+        from .viz import scatter_compare
+
+        title = f"{cfg.data.name}: {sampler}, {nfe} NFE"
+        scatter_compare(splits.test, x, run_dir / "samples.png", title)
     return {"sampler": sampler, "nfe": nfe, "n": n, "seconds": round(seconds, 2)}
 
 
-def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
-    """Sliced Wasserstein-2 of the saved samples against fresh data (and its noise floor), and the
-    variational bound on held-out points in nats per dimension."""
-    run_dir = Path(run_dir)
-    cfg, diffusion, model = load_run(run_dir)
-    _set_threads(cfg)
-    e = cfg.eval
-    samples_path = run_dir / "samples.npy"
-    if not samples_path.is_file():
+def _load_samples(run_dir: Path, limit: int | None = None) -> torch.Tensor:
+    path = run_dir / "samples.npy"
+    if not path.is_file():
         raise FileNotFoundError(f"no samples in {run_dir}; run `difflab sample --run {run_dir}` first")
-    samples = torch.from_numpy(np.load(samples_path))[: e.n]
+    x = torch.from_numpy(np.load(path))
+    return x[:limit] if limit else x
+
+
+def bound(
+    run_dir: str | Path, split: str = "test", n: int | None = None, progress: bool = True
+) -> dict[str, Any]:
+    """The variational bound on ``n`` images of a split, in bits/dim (images, the discretized decoder
+    on the data's grid) or nats/dim (2-D data, a Gaussian decoder), with its three parts."""
+    run_dir = Path(run_dir)
+    cfg, diffusion, model, splits = load_run(run_dir)
+    _set_threads(cfg)
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train or test")
+    data = splits.test if split == "test" else splits.train
+    labels = splits.test_y if split == "test" else splits.train_y
+    data = data[: n or cfg.eval.bound_n]
+    m = model if labels is None or cfg.model.num_classes == 0 else conditional(model, labels[: len(data)])
+    t0 = time.perf_counter()
+    kwargs = {"bins": splits.bins} if splits.is_image else {"decoder": "gaussian"}
+    terms = diffusion.vlb_terms(
+        m,
+        data,
+        generator=torch.Generator().manual_seed(7),
+        progress=progress,
+        max_batch=2048 if splits.is_image else 4096,
+        **kwargs,
+    )
+    unit, scale = ("bits_per_dim", 1.0) if splits.is_image else ("nats_per_dim", math.log(2.0))
+    result = {
+        f"bound_{unit}": float(terms.total.mean()) * scale,
+        f"bound_{unit}_stderr": float(terms.total.std() * scale / math.sqrt(len(data))),
+        f"bound_parts_{unit}": {
+            "prior_L_T": float(terms.prior.mean()) * scale,
+            "diffusion_L_1..L_T-1": float(terms.diffusion.mean()) * scale,
+            "decoder_L_0": float(terms.decoder.mean()) * scale,
+        },
+        "bound_split": split,
+        "bound_points": len(data),
+        "bound_seconds": round(time.perf_counter() - t0, 2),
+    }
+    return _update_json(run_dir / "metrics.json", result)
+
+
+def sliced(run_dir: str | Path) -> dict[str, Any]:
+    """Sliced Wasserstein-2 of the saved 2-D samples against fresh data, next to its noise floor
+    (the mean distance between pairs of fresh data sets of the same size)."""
+    run_dir = Path(run_dir)
+    cfg = config_mod.load(str(run_dir / "config.toml"))
+    e = cfg.eval
+    samples = _load_samples(run_dir, e.n)
     g = torch.Generator().manual_seed(12345)
     sw = sliced_wasserstein(samples, fresh_data(cfg, len(samples), 0), e.projections, generator=g)
     floors = [
         sliced_wasserstein(
-            fresh_data(cfg, len(samples), 2 * i + 1), fresh_data(cfg, len(samples), 2 * i + 2),
-            e.projections, generator=g,
+            fresh_data(cfg, len(samples), 2 * i + 1),
+            fresh_data(cfg, len(samples), 2 * i + 2),
+            e.projections,
+            generator=g,
         )
         for i in range(e.floor_pairs)
     ]
     floor = float(np.mean(floors))
-    test = build_data(cfg, "test")[: e.bound_n]
-    t0 = time.perf_counter()
-    terms = diffusion.vlb_terms(
-        model, test, decoder="gaussian", generator=torch.Generator().manual_seed(7), progress=progress
-    )
-    ln2 = math.log(2.0)
-    metrics = {
-        "data": cfg.data.name,
-        "samples": len(samples),
-        "sliced_w2": sw,
-        "sliced_w2_floor": floor,
-        "sliced_w2_floor_pairs": floors,
-        "sliced_w2_ratio": sw / floor,
-        "bound_nats_per_dim": float(terms.total.mean()) * ln2,
-        "bound_nats_per_dim_stderr": float(terms.total.std() * ln2 / math.sqrt(len(test))),
-        "bound_parts_nats_per_dim": {
-            "prior_L_T": float(terms.prior.mean()) * ln2,
-            "diffusion_L_1..L_T-1": float(terms.diffusion.mean()) * ln2,
-            "decoder_L_0": float(terms.decoder.mean()) * ln2,
+    return _update_json(
+        run_dir / "metrics.json",
+        {
+            "data": cfg.data.name,
+            "samples": len(samples),
+            "sliced_w2": sw,
+            "sliced_w2_floor": floor,
+            "sliced_w2_floor_pairs": floors,
+            "sliced_w2_ratio": sw / floor,
         },
-        "bound_points": len(test),
-        "bound_seconds": round(time.perf_counter() - t0, 2),
-    }
-    _write_json(run_dir / "metrics.json", metrics)
-    return metrics
+    )
+
+
+def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
+    """Fréchet distance between the saved samples and the test images in the features of a digit
+    classifier trained (once, cached) on the training split; also its test accuracy and the share
+    of samples it assigns to a class with probability > 0.9."""
+    from .metrics.classifier_features import classifier_scores, load_or_train_classifier
+
+    run_dir = Path(run_dir)
+    cfg = config_mod.load(str(run_dir / "config.toml"))
+    splits = build_splits(cfg)
+    if not splits.is_image or splits.train_y is None:
+        raise ValueError("the Fréchet distance needs labelled image data (digits, mnist, or a class folder)")
+    samples = _load_samples(run_dir, n)
+    k = int(splits.train_y.max()) + 1
+    clf, info = load_or_train_classifier(
+        f"{cfg.data.name}", (splits.train, splits.train_y), (splits.test, splits.test_y), num_classes=k
+    )
+    scores = classifier_scores(clf, samples, splits.test)
+    # the same statistic between training and test images: what a perfect sampler would reach
+    floor = classifier_scores(clf, splits.train[: len(splits.test)], splits.test)["fd"]
+    return _update_json(
+        run_dir / "metrics.json",
+        {
+            "fd": scores["fd"],
+            "fd_train_vs_test": floor,
+            "confident_fraction": scores["confident_fraction"],
+            "sample_class_histogram": scores["class_histogram"],
+            "fd_samples": scores["n_samples"],
+            "fd_reference_test_images": scores["n_reference"],
+            "classifier_test_accuracy": info["test_accuracy"],
+            "classifier_key": info["key"],
+        },
+    )
+
+
+def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Every metric that fits the run's data: 2-D data -> sliced W2 + bound; images -> bound + FD."""
+    run_dir = Path(run_dir)
+    cfg = config_mod.load(str(run_dir / "config.toml")) if (run_dir / "config.toml").is_file() else None
+    if cfg is None:
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
+    if cfg.model.kind == "mlp":
+        sliced(run_dir)
+        return bound(run_dir, progress=progress)
+    bound(run_dir, progress=progress)
+    return frechet(run_dir)
+
+
+def strips(run_dir: str | Path, rows: int = 6, columns: int = 10) -> list[str]:
+    """``forward.png`` (test images noised at increasing t) and ``reverse.png`` (ancestral chains from
+    noise to images), one row per image."""
+    from .viz.images import forward_strip, reverse_strip
+
+    run_dir = Path(run_dir)
+    cfg, diffusion, model, splits = load_run(run_dir)
+    forward_strip(diffusion, splits.test[:rows], run_dir / "forward.png", columns)
+    reverse_strip(
+        diffusion, _sampling_model(cfg, model, rows), (rows, *splits.shape), run_dir / "reverse.png", columns
+    )
+    return ["forward.png", "reverse.png"]

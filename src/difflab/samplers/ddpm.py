@@ -37,22 +37,27 @@ def ancestral(
     variance: str = "fixed_small",
     generator: torch.Generator | None = None,
     progress: bool = False,
+    callback=None,
 ) -> torch.Tensor:
     """DDPM Algorithm 2: ``x_s = mu~(x_t, x0_hat) + sigma z`` for each step ``t -> s``.
 
     ``mu~`` is the posterior mean with the model's ``x0_hat``; ``sigma^2`` is ``beta~`` (fixed_small)
     or the respaced ``beta`` (fixed_large). The noise is scaled by the standard deviation, not by
     the variance (seed 001 writes ``sigma_t^2 z``). No noise is added on the step to the data.
+    ``callback(i, x)``, if given, sees the state after step ``i`` (1-based).
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
-    for t, a_t, s_t, a_s, s_s in _progress(levels.pairs(), len(levels), progress, "ancestral"):
+    steps = _progress(levels.pairs(), len(levels), progress, "ancestral")
+    for i, (t, a_t, s_t, a_s, s_s) in enumerate(steps, 1):
         x0, _ = denoiser(x, t)
         c0, ct, post_var = posterior_coefficients(a_t, s_t, a_s, s_s)
         x = c0.to(x.dtype) * x0 + ct.to(x.dtype) * x
         if float(s_s) > 0:
             var = post_var if variance == "fixed_small" else transition_variance(a_t, s_t, a_s, s_s)
             x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
+        if callback is not None:
+            callback(i, x)
     return x
 
 
