@@ -107,3 +107,14 @@ def test_config_validation():
         config_mod.from_dict({"trian": {}})
     cfg = config_mod.load("toy2d", ["train.lr=5e-4", "data.name=8gaussians"])
     assert cfg.train.lr == 5e-4 and cfg.data.name == "8gaussians"
+
+
+@pytest.mark.parametrize("preset", ["toy2d", "digits", "mnist", "cifar10-ddpm"])
+def test_presets_load_and_build(preset):
+    from difflab.build import build_model
+
+    cfg = config_mod.load(preset)
+    shape = {"toy2d": (2,), "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10-ddpm": (3, 32, 32)}[preset]
+    n = sum(p.numel() for p in build_model(cfg, shape).parameters())
+    if preset == "cifar10-ddpm":
+        assert abs(n - 35.7e6) < 0.5e6  # the DDPM paper's CIFAR-10 model size
