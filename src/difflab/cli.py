@@ -27,7 +27,14 @@ def _parser() -> argparse.ArgumentParser:
         metavar="SECTION.KEY=VALUE",
         help="override one config value, e.g. --set train.lr=1e-3 (repeatable)",
     )
-    t.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    t.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        default=None,
+        metavar="latest|STEP|PATH",
+        help="continue from a checkpoint of the run folder (default: the latest)",
+    )
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
@@ -73,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")
-            _print(jobs.train(cfg, run, resume=args.resume, progress=progress))
+            _print(jobs.train(cfg, run, resume=args.resume or False, progress=progress))
             print(f"run folder: {run}")
         elif args.command == "sample":
             _print(

@@ -68,7 +68,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     ema_decay: float = 0.999
     seed: int = 0
-    max_minutes: float = 0.0  # 0: no wall-clock limit
+    max_minutes: float = 0.0  # 0: no wall-clock limit; > 0 ties the cosine LR to the clock (no exact resume)
     log_every: int = 100
     ckpt_every: int = 2_000
     device: str = "cpu"
@@ -79,6 +79,7 @@ class TrainConfig:
     compile: bool = False
     keep_checkpoints: int = 3  # step-numbered checkpoints kept besides the latest
     sample_every: int = 0  # write a sample grid every N steps (0: never)
+    label_dropout: float = 0.0  # class-conditional: share of labels replaced by the null class
 
 
 @dataclass

@@ -1,7 +1,8 @@
 """Exponential moving average of the weights, ``theta_ema <- d theta_ema + (1 - d) theta``.
 
 The decay warms up as ``d_k = min(decay, (1 + k) / (10 + k))`` so early averages are not dominated
-by the random initialisation.
+by the random initialisation. ``k`` (the number of updates) is part of the state; the target decay
+is not restored from a checkpoint, so a resumed run uses the decay it is configured with.
 """
 
 from __future__ import annotations
@@ -38,4 +39,3 @@ class EMA:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
-        self.decay = float(state["decay"])

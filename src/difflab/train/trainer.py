@@ -1,18 +1,32 @@
-"""A small, trustworthy training loop (Algorithm 1 of DDPM).
+"""A training loop you can leave running, stop, resume and scale out (Algorithm 1 of DDPM).
 
     repeat: x_0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I);
             gradient step on || target - model(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
 
-AdamW with linear warm-up then cosine (or constant) learning rate, gradient clipping, an EMA of
-the weights, a progress bar with loss and it/s, a CSV log, and atomic checkpoints. A NaN in a data
-batch or a non-finite loss stops training with a message and leaves the last good checkpoint alone.
+AdamW with linear warm-up then cosine (or constant) learning rate, gradient clipping, gradient
+accumulation, an EMA of the weights, bf16 autocast, channels-last images, optional ``torch.compile``,
+class labels with label dropout (classifier-free guidance), a progress bar, a CSV log (and
+TensorBoard when it is installed), a sample callback, atomic checkpoints and data-parallel training
+under ``torchrun``.
+
+Determinism. Everything random in a step (the rows of the batch, ``t``, ``eps``, dropped labels)
+comes from one seeded ``torch.Generator`` that every rank advances identically; the learning rate is
+a function of the step alone (when ``max_minutes = 0``). A checkpoint holds that generator and the
+global torch / CUDA / numpy / python RNG states, so a resumed run repeats the losses of an
+uninterrupted one exactly on the CPU. With ``max_minutes > 0`` the cosine progress is
+``max(step / steps, elapsed / budget)``, ``elapsed`` counted from the start of this ``fit()`` call, so
+it follows the wall clock: exact resume needs ``max_minutes = 0``. A run stopped by Ctrl-C or a kill
+continues from its last checkpoint; ``log.csv`` is cut back to that step first.
 """
 
 from __future__ import annotations
 
-import csv
+import functools
 import math
 import time
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +35,13 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..diffusion import GaussianDiffusion
-from .checkpoint import load_checkpoint, save_checkpoint
+from . import checkpoint as ckpt
+from . import rng
+from .distributed import setup, wrap
 from .ema import EMA
+from .logs import RunLog
+
+PRECISIONS = ("fp32", "bf16")
 
 
 class TrainingError(RuntimeError):
@@ -40,9 +59,49 @@ def lr_factor(step: int, cfg: TrainConfig, progress: float) -> float:
     raise ValueError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose cosine or constant")
 
 
+def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
+    """Reject values the trainer cannot honour, naming the value and what is allowed."""
+    for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("warmup", 0),
+                      ("ckpt_every", 0), ("keep_checkpoints", 0), ("sample_every", 0)):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"train.{name} must be an integer >= {low}, got {value!r}")
+    for name in ("lr", "weight_decay", "grad_clip", "max_minutes"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"train.{name} must be >= 0, got {getattr(cfg, name)!r}")
+    parts = world_size * cfg.grad_accum
+    if cfg.batch_size % parts:
+        raise ValueError(
+            f"train.batch_size={cfg.batch_size} (the global batch) must be divisible by "
+            f"world_size * grad_accum = {world_size} * {cfg.grad_accum} = {parts}"
+        )
+    if cfg.precision not in PRECISIONS:
+        raise ValueError(
+            f"train.precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r} "
+            "(fp16 would need loss scaling; use bf16)"
+        )
+    if not 0.0 <= cfg.label_dropout < 1.0:
+        raise ValueError(f"train.label_dropout must lie in [0, 1), got {cfg.label_dropout!r}")
+    lr_factor(0, cfg, 0.0)
+
+
 class Trainer:
-    """Trains ``model`` on the rows of ``data`` (``[N, ...]``) for ``cfg.steps`` steps (or until
-    ``cfg.max_minutes`` of wall-clock time) and writes checkpoints into ``run_dir``."""
+    """Trains ``model`` on the rows of ``data`` (``[N, ...]``) for ``cfg.steps`` optimizer steps.
+
+    Args:
+        diffusion: the process and its loss (``L_simple`` with the configured prediction).
+        model: ``model(x_t, t)``, or ``model(x_t, t, y=labels)`` when ``labels`` are given.
+        data: float tensor ``[N, ...]``; 4-D data are images ``[N, C, H, W]``.
+        cfg: the ``[train]`` section; ``batch_size`` is the global batch of one optimizer step, split
+            into ``grad_accum`` micro-batches and over the ``torchrun`` processes.
+        run_dir: where checkpoints, ``log.csv`` and TensorBoard events go (rank 0 writes).
+        config: the full run configuration, stored in every checkpoint.
+        labels: int64 ``[N]`` class of each row, passed to the model as ``y``.
+        num_classes: number of classes; ``num_classes`` itself is the null class that
+            ``cfg.label_dropout`` substitutes (classifier-free guidance).
+        on_sample: ``on_sample(step, ema_model)`` called on rank 0 every ``cfg.sample_every`` steps,
+            under ``torch.no_grad`` and with the RNG states restored afterwards.
+    """
 
     def __init__(
         self,
@@ -52,117 +111,266 @@ class Trainer:
         cfg: TrainConfig,
         run_dir: str | Path,
         config: dict[str, Any] | None = None,
+        *,
+        labels: torch.Tensor | None = None,
+        num_classes: int | None = None,
+        on_sample: Callable[[int, nn.Module], Any] | None = None,
     ):
-        if data.dim() < 2 or data.shape[0] < 1:
-            raise ValueError(f"training data must be a non-empty batch [N, ...], got {tuple(data.shape)}")
-        if cfg.batch_size < 1 or cfg.steps < 1:
-            raise ValueError(f"batch_size and steps must be >= 1, got {cfg.batch_size} and {cfg.steps}")
-        lr_factor(0, cfg, 0.0)  # validates lr_schedule before any work
+        if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] < 1:
+            got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
+            raise ValueError(f"training data must be a non-empty tensor [N, ...], got {got}")
+        if not data.is_floating_point():
+            raise ValueError(f"training data must be floating point, got {data.dtype}")
+        if cfg.channels_last and data.dim() != 4:
+            raise ValueError(
+                f"train.channels_last applies to image data [N, C, H, W]; got data of shape "
+                f"{tuple(data.shape)} (set train.channels_last = false)"
+            )
+        self.dist = setup(cfg.device)
+        check_config(cfg, self.dist.world_size)
+        self.labels, self.num_classes = self._check_labels(labels, num_classes, data.shape[0], cfg)
         self.diffusion, self.cfg, self.config = diffusion, cfg, config or {}
-        self.device = torch.device(cfg.device)
-        self.model = model.to(self.device)
+        self.device = self.dist.device
         self.data = data
         self.run_dir = Path(run_dir)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.on_sample = on_sample
+        self.model = model.to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.net = wrap(self.model, self.dist)  # what the loss calls: DDP(model) or model
+        self._forward: Callable[..., torch.Tensor] = self.net
+        self._compile_pending = False
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.ema = EMA(self.model, cfg.ema_decay)
+        self.ema = EMA(self.model, cfg.ema_decay) if self.dist.is_main else None
         self.step = 0
+        self.seconds = 0.0  # training time over all runs of this checkpoint line
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        if self.dist.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+
+    @staticmethod
+    def _check_labels(labels, num_classes, n: int, cfg: TrainConfig):
+        if labels is None:
+            if cfg.label_dropout > 0:
+                raise ValueError(
+                    f"train.label_dropout={cfg.label_dropout} needs class labels: pass labels= and "
+                    "num_classes= to the Trainer"
+                )
+            return None, num_classes
+        if not isinstance(labels, torch.Tensor) or labels.dtype != torch.int64 or labels.shape != (n,):
+            got = (labels.dtype, tuple(labels.shape)) if isinstance(labels, torch.Tensor) else type(labels)
+            raise ValueError(f"labels must be an int64 tensor [N] with N = {n} (one per data row), got {got}")
+        if num_classes is None:
+            if cfg.label_dropout > 0:
+                raise ValueError("label dropout needs num_classes= (its value is the null class index)")
+        elif int(labels.min()) < 0 or int(labels.max()) >= num_classes:
+            raise ValueError(
+                f"labels must lie in [0, num_classes) = [0, {num_classes}); found "
+                f"[{int(labels.min())}, {int(labels.max())}]"
+            )
+        return labels, num_classes
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Any]:
+        """The full training state. Under ``torchrun`` every rank must call it (it gathers RNGs)."""
+        rngs = self.dist.gather(rng.capture())
         return {
+            "format": 2,
             "step": self.step,
+            "seconds": self.seconds,
             "model": self.model.state_dict(),
-            "ema": self.ema.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.opt.state_dict(),
             "generator": self.gen.get_state(),
-            "torch_rng": torch.get_rng_state(),
+            "rng": rngs[0],
+            "rng_per_rank": rngs,
+            "world_size": self.dist.world_size,
+            "train_config": asdict(self.cfg),
             "config": self.config,
         }
 
-    def save(self) -> Path:
-        return save_checkpoint(self.run_dir, self.state(), self.ema.model.state_dict())
+    def save(self) -> Path | None:
+        """Checkpoint now (rank 0 writes; a collective under ``torchrun``). Returns the latest path."""
+        state = self.state()
+        if not self.dist.is_main:
+            return None
+        return ckpt.save_checkpoint(
+            self.run_dir, state, self.ema.model.state_dict(), step=self.step, keep=self.cfg.keep_checkpoints
+        )
 
-    def resume(self) -> None:
-        state = load_checkpoint(self.run_dir)
+    def resume(self, which: str | int | Path = "latest") -> int:
+        """Restore model, EMA, optimizer, generator, RNGs and step from ``which``: ``"latest"``, a step
+        number or a checkpoint file. Every rank reads the file. Returns the step resumed at."""
+        state = ckpt.load_checkpoint(self.run_dir, which)
         self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
         self.opt.load_state_dict(state["optimizer"])
+        for group in self.opt.param_groups:  # configured hyper-parameters win over saved ones
+            group["weight_decay"] = self.cfg.weight_decay
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
         self.gen.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])
+        per_rank = state.get("rng_per_rank") or []
+        if len(per_rank) == self.dist.world_size:
+            rng.restore(per_rank[self.dist.rank])
+        elif "rng" in state:
+            rng.restore(state["rng"])
+        else:  # format 1
+            torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        self.seconds = float(state.get("seconds", 0.0))
+        if self.dist.is_main:
+            ckpt.remove_stale_temps(self.run_dir)
+        return self.step
+
+    # ------------------------------------------------------------------ one step
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _draw(self):
+        """This rank's rows of the global batch, drawn identically on every rank."""
+        B, data = self.cfg.batch_size, self.data
+        idx = torch.randint(0, data.shape[0], (B,), generator=self.gen)
+        t = torch.randint(0, self.diffusion.timesteps, (B,), generator=self.gen)
+        noise = torch.randn((B, *data.shape[1:]), generator=self.gen, dtype=data.dtype)
+        y = None
+        if self.labels is not None:
+            y = self.labels[idx]
+            if self.cfg.label_dropout > 0:
+                drop = torch.rand(B, generator=self.gen) < self.cfg.label_dropout
+                y = y.masked_fill(drop, self.num_classes)
+        W, r = self.dist.world_size, self.dist.rank
+        mine = slice(r * B // W, (r + 1) * B // W)
+        x0 = data[idx[mine].to(data.device)].to(self.device, non_blocking=True)
+        noise = noise[mine].to(self.device, non_blocking=True)
+        if self.cfg.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+            noise = noise.contiguous(memory_format=torch.channels_last)
+        return x0, t[mine], noise, None if y is None else y[mine].to(self.device), idx[mine]
+
+    def _micro_loss(self, x0, t, noise, y) -> torch.Tensor:
+        net = self._forward if y is None else functools.partial(self._forward, y=y)
+        with self._autocast():
+            return self.diffusion.loss(net, x0, t=t, noise=noise).float().mean()
+
+    @contextmanager
+    def _compile_errors(self):
+        if not self._compile_pending:
+            yield
+            return
+        try:
+            yield
+        except Exception as exc:
+            raise RuntimeError(
+                f"torch.compile failed on the first training step ({type(exc).__name__}: {exc}); "
+                "set train.compile = false to train without it"
+            ) from exc
+        self._compile_pending = False
+
+    def train_step(self, progress: float) -> tuple[float, float]:
+        """One optimizer step over the global batch; returns ``(mean loss, gradient norm)``."""
+        cfg, A = self.cfg, self.cfg.grad_accum
+        lr = cfg.lr * lr_factor(self.step, cfg, progress)
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x0, t, noise, y, rows = self._draw()
+        finite_rows = torch.isfinite(x0.flatten(1)).all(1)
+        m = x0.shape[0] // A
+        self.opt.zero_grad(set_to_none=True)
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        with self._compile_errors():
+            for k in range(A):
+                part = slice(k * m, (k + 1) * m)
+                last = k == A - 1
+                with self.net.no_sync() if self.dist.enabled and not last else nullcontext():
+                    loss = self._micro_loss(x0[part], t[part], noise[part], None if y is None else y[part])
+                    (loss / A).backward()
+                total += loss.detach().double()
+        n_bad = (~finite_rows).sum().to(torch.float64)
+        loss_sum, n_bad = self.dist.all_reduce_sum(torch.stack([total / A, n_bad])).tolist()
+        where = f"optimizer step {self.step + 1}"
+        kept = f"training stopped, the last checkpoint in {self.run_dir} is kept"
+        if n_bad > 0:
+            mine = rows[~finite_rows.cpu()].tolist()[:5]
+            raise TrainingError(
+                f"{where}: the data batch contains NaN or inf ({int(n_bad)} rows"
+                f"{f', e.g. rows {mine} of the data' if mine else ''}); {kept}"
+            )
+        loss = loss_sum / self.dist.world_size
+        if not math.isfinite(loss):
+            raise TrainingError(f"{where}: the loss is {loss}; {kept} (lower train.lr or check the model)")
+        clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
+        norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
+        if not math.isfinite(norm):
+            raise TrainingError(f"{where}: the gradient norm is {norm}; {kept} (lower train.lr)")
+        self.opt.step()
+        if self.ema is not None:
+            self.ema.update(self.model)
+        self.step += 1
+        return loss, norm
+
+    # ------------------------------------------------------------------ callbacks
+    def _sample(self) -> None:
+        with rng.isolated(self.device), torch.no_grad():
+            self.on_sample(self.step, self.ema.model)
 
     # ------------------------------------------------------------------ loop
-    def _batch(self) -> torch.Tensor:
-        idx = torch.randint(0, self.data.shape[0], (self.cfg.batch_size,), generator=self.gen)
-        x0 = self.data[idx].to(self.device)
-        if not bool(torch.isfinite(x0).all()):
-            raise TrainingError(
-                f"step {self.step}: the data batch contains NaN or inf (rows "
-                f"{idx[~torch.isfinite(x0.flatten(1)).all(1).cpu()].tolist()[:5]} of the data); "
-                f"training stopped, the last checkpoint in {self.run_dir} is kept"
-            )
-        return x0
-
-    def train_step(self, progress: float) -> float:
-        cfg = self.cfg
-        for group in self.opt.param_groups:
-            group["lr"] = cfg.lr * lr_factor(self.step, cfg, progress)
-        x0 = self._batch()
-        t = torch.randint(0, self.diffusion.timesteps, (x0.shape[0],), generator=self.gen)
-        noise = torch.randn(x0.shape, generator=self.gen).to(self.device)
-        loss = self.diffusion.loss(self.model, x0, t=t, noise=noise).mean()
-        if not bool(torch.isfinite(loss)):
-            raise TrainingError(
-                f"step {self.step}: the loss is {loss.item()}; training stopped, the last "
-                f"checkpoint in {self.run_dir} is kept (lower train.lr or check the data)"
-            )
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        if cfg.grad_clip > 0:
-            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-        self.opt.step()
-        self.ema.update(self.model)
-        self.step += 1
-        return loss.item()
-
-    def fit(self, progress_bar: bool = True) -> dict[str, Any]:
-        """Run until ``cfg.steps`` or the time budget; returns a summary (steps, seconds, loss)."""
-        cfg = self.cfg
+    def fit(self, progress_bar: bool = True, until: int | None = None) -> dict[str, Any]:
+        """Train until ``cfg.steps`` (or step ``until``, or the ``max_minutes`` budget); checkpoint at
+        the end. Returns a summary: steps, seconds, it/s, smoothed loss."""
+        cfg, main = self.cfg, self.dist.is_main
+        end = cfg.steps if until is None else min(int(until), cfg.steps)
         budget = cfg.max_minutes * 60.0
-        start_step, t0 = self.step, time.perf_counter()
-        bar = None
-        if progress_bar:
-            from tqdm.auto import tqdm
+        if cfg.compile and self._forward is self.net:
+            try:
+                self._forward = torch.compile(self.net)
+            except Exception as exc:
+                msg = f"torch.compile is unavailable here ({exc}); set train.compile = false"
+                raise RuntimeError(msg) from exc
+            self._compile_pending = True
+        start_step, t0, seconds0 = self.step, time.perf_counter(), self.seconds
+        saved_at, smooth, window = -1, None, [0.0, 0]
+        bar = log = None
+        try:
+            if main:
+                if progress_bar:
+                    from tqdm.auto import tqdm
 
-            bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
-        log_path = self.run_dir / "log.csv"
-        new_log = not log_path.exists() or self.step == 0
-        smooth = None
-        with open(log_path, "w" if new_log else "a", newline="") as fh:
-            writer = csv.writer(fh)
-            if new_log:
-                writer.writerow(["step", "loss", "lr", "seconds"])
-            while self.step < cfg.steps:
+                    bar = tqdm(total=cfg.steps, initial=self.step, desc="train", dynamic_ncols=True)
+                log = RunLog(self.run_dir, self.step)
+            while self.step < end:
                 elapsed = time.perf_counter() - t0
-                if budget > 0 and elapsed >= budget:
-                    break
-                frac = max(self.step / cfg.steps, elapsed / budget if budget > 0 else 0.0)
-                loss = self.train_step(frac)
+                frac = self.step / cfg.steps
+                if budget > 0:  # rank 0's clock decides, so all ranks stop together
+                    elapsed = self.dist.broadcast_float(elapsed)
+                    if elapsed >= budget:
+                        break
+                    frac = max(frac, elapsed / budget)
+                loss, norm = self.train_step(frac)
+                self.seconds = seconds0 + time.perf_counter() - t0
                 smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
+                window = [window[0] + loss, window[1] + 1]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
-                if self.step % cfg.log_every == 0:
+                if log is not None and self.step % cfg.log_every == 0:
                     lr = self.opt.param_groups[0]["lr"]
-                    writer.writerow([self.step, f"{smooth:.6f}", f"{lr:.3e}", f"{elapsed:.2f}"])
-                    fh.flush()
+                    log.write(self.step, window[0] / window[1], lr, norm, self.seconds)
+                    window = [0.0, 0]
                 if cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0:
                     self.save()
-        if bar is not None:
-            bar.close()
-        self.save()
+                    saved_at = self.step
+                if main and self.on_sample is not None and cfg.sample_every > 0:
+                    if self.step % cfg.sample_every == 0:
+                        self._sample()
+            if saved_at != self.step and self.step > start_step:
+                self.save()
+        finally:
+            for handle in (bar, log):
+                if handle is not None:
+                    handle.close()
+        self.dist.barrier()
         seconds = time.perf_counter() - t0
         done = self.step - start_step
         return {
@@ -170,4 +378,6 @@ class Trainer:
             "seconds": round(seconds, 2),
             "it_per_s": round(done / seconds, 2) if seconds > 0 else None,
             "loss_ema": smooth,
+            "world_size": self.dist.world_size,
         }
+
