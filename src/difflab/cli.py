@@ -39,10 +39,19 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
     s.add_argument("--run", "--ckpt", dest="run", required=True, help="run folder written by `difflab train`")
-    s.add_argument("--sampler", default=None, help="ancestral or ddim (default: the config's)")
+    s.add_argument(
+        "--sampler",
+        default=None,
+        help="ancestral, ddim, euler, heun, dpm++2m, dpm++3m, dpm++2m-sde, pc, ode or langevin "
+        "(default: the config's)",
+    )
     s.add_argument("--steps", type=int, default=None, help="number of steps (default: all T)")
-    s.add_argument("--spacing", default=None, help="uniform, quadratic or logsnr")
-    s.add_argument("--eta", type=float, default=None, help="DDIM eta (0 = deterministic)")
+    s.add_argument(
+        "--spacing", default=None, help="uniform, quadratic, logsnr or edm (default: the sampler's preferred)"
+    )
+    s.add_argument(
+        "--eta", type=float, default=None, help="eta of ddim (0 = deterministic), dpm++3m and dpm++2m-sde"
+    )
     s.add_argument("--n", type=int, default=None, help="number of samples")
     s.add_argument("--seed", type=int, default=None)
     s.add_argument("--no-progress", action="store_true")

@@ -86,8 +86,8 @@ class TrainConfig:
 class SampleConfig:
     sampler: str = "ancestral"
     steps: int = 0  # 0: all T steps
-    spacing: str = "uniform"
-    eta: float = 0.0
+    spacing: str = ""  # "": the sampler's preferred spacing (samplers.DEFAULT_SPACING)
+    eta: float = -1.0  # ddim, dpm++3m, dpm++2m-sde; < 0: the sampler's default (0, 0, 1)
     n: int = 5_000
     seed: int = 1
 

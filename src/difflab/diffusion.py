@@ -23,7 +23,7 @@ from .gaussian import (
     target_of,
     transition_variance,
 )
-from .samplers import SAMPLERS, VARIANCES, make_levels, make_timesteps
+from .samplers import DEFAULT_SPACING, SAMPLERS, VARIANCES, make_levels, make_timesteps
 from .schedules import DiscreteSchedule
 
 
@@ -196,7 +196,7 @@ class GaussianDiffusion:
         shape: tuple[int, ...],
         sampler: str = "ancestral",
         steps: int | None = None,
-        spacing: str = "uniform",
+        spacing: str | None = None,
         generator: torch.Generator | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
@@ -209,11 +209,16 @@ class GaussianDiffusion:
         """Draw ``x_0`` by running ``sampler`` from ``x_T ~ N(0, I)`` over ``steps`` levels.
 
         ``sampler`` is ``"ancestral"`` (Algorithm 2, with the diffusion's variance unless
-        ``variance=`` is passed) or ``"ddim"`` (``eta=`` 0 by default). With ``return_nfe`` the number
-        of network evaluations is returned as well.
+        ``variance=`` is passed), ``"ddim"`` (``eta=`` 0 by default) or any other name in
+        ``difflab.samplers.SAMPLERS``; extra keyword arguments are that sampler's options.
+        ``spacing=None`` uses the sampler's preferred spacing (``samplers.DEFAULT_SPACING``).
+        ``steps`` is the number of levels, not of network evaluations (Heun uses ``2 steps - 1``).
+        With ``return_nfe`` the number of network evaluations is returned as well.
         """
         if sampler not in SAMPLERS:
             raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if spacing is None:
+            spacing = DEFAULT_SPACING.get(sampler, "uniform")
         levels = make_levels(self.schedule, self.timesteps_for(steps, spacing))
         if x_T is None:
             x_T = torch.randn(tuple(shape), generator=generator, device=device or "cpu", dtype=dtype)

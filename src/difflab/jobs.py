@@ -29,6 +29,7 @@ from .train.checkpoint import atomic_write, load_weights
 from .train.trainer import Trainer
 
 IMAGE_CLIP = (-1.0, 1.0)
+ETA_SAMPLERS = ("ddim", "dpm++3m", "dpm++2m-sde")
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -132,7 +133,8 @@ def sample(
     _set_threads(cfg)
     s = cfg.sample
     sampler = sampler or s.sampler
-    kwargs = {"eta": s.eta if eta is None else eta} if sampler == "ddim" else {}
+    eta = s.eta if eta is None else eta
+    kwargs = {"eta": eta} if sampler in ETA_SAMPLERS and eta >= 0 else {}
     n = n or s.n
     t0 = time.perf_counter()
     x, nfe = diffusion.sample(
@@ -140,7 +142,7 @@ def sample(
         (n, *splits.shape),
         sampler=sampler,
         steps=(steps or s.steps) or None,
-        spacing=spacing or s.spacing,
+        spacing=spacing or s.spacing or None,
         generator=torch.Generator().manual_seed(s.seed if seed is None else seed),
         clip=IMAGE_CLIP if splits.is_image else None,
         progress=progress,

@@ -1,17 +1,92 @@
-"""Samplers: pure functions of ``(denoiser, x_T, levels)`` returning ``x_0``."""
+"""Samplers: pure functions of ``(denoiser, x_T, levels)`` returning ``x_0``.
+
+Every sampler has the signature ``f(denoiser, x, levels, *, generator=None, progress=False, **options)``
+and reads its noise levels from the one :class:`Levels` list (the step after the last level lands on
+the data). ``steps`` (the length of that list) is not the number of network evaluations (NFE):
+
+==============  ==========================  =================================================
+sampler         NFE for ``N`` levels        family
+==============  ==========================  =================================================
+ancestral       N                           DDPM Algorithm 2 (:mod:`.ddpm`)
+ddim            N                           DDIM, ``eta`` (:mod:`.ddpm`)
+euler           N                           probability-flow ODE, 1st order (:mod:`.edm`)
+heun            2N - 1                      EDM Algorithm 2, 2nd order, churn (:mod:`.edm`)
+dpm++2m         N                           DPM-Solver++(2M) (:mod:`.dpmsolver`)
+dpm++3m         N                           DPM-Solver++(3M) (:mod:`.dpmsolver`)
+dpm++2m-sde     N                           SDE-DPM-Solver++(2M), ``eta = 1`` (:mod:`.dpmsolver`)
+pc              N (corrector_steps + 1)     score-SDE predictor-corrector (:mod:`.score_sde`)
+langevin        N n_steps_each (+1)         NCSN annealed Langevin (:mod:`.score_sde`)
+ode             adaptive (+1)               RK45 on the probability-flow ODE (:mod:`.ode`)
+==============  ==========================  =================================================
+"""
 
 from .ddpm import VARIANCES, ancestral, ddim
-from .levels import SPACINGS, Levels, make_levels, make_timesteps
+from .dpmsolver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
+from .edm import euler, heun
+from .levels import (
+    SPACINGS,
+    Levels,
+    make_levels,
+    make_timesteps,
+    time_of_log_snr,
+    time_of_sigma_ve,
+)
+from .ode import ode
+from .score_sde import langevin, pc
 
-SAMPLERS = {"ancestral": ancestral, "ddim": ddim}
+SAMPLERS = {
+    "ancestral": ancestral,
+    "ddim": ddim,
+    "euler": euler,
+    "heun": heun,
+    "dpm++2m": dpmpp_2m,
+    "dpm++3m": dpmpp_3m,
+    "dpm++2m-sde": dpmpp_2m_sde,
+    "pc": pc,
+    "langevin": langevin,
+    "ode": ode,
+}
+
+#: The spacing ``GaussianDiffusion.sample`` uses when ``spacing=None``, and why:
+DEFAULT_SPACING = {
+    # the papers' own choice: DDPM walks every integer step, DDIM strides evenly through them
+    "ancestral": "uniform",
+    "ddim": "uniform",
+    # EDM (Karras et al. 2022, eq. 5, rho = 7): short steps near the data, where the ODE's curvature
+    # (and the truncation error of a fixed-order step) is largest
+    "euler": "edm",
+    "heun": "edm",
+    # exponential integrators step in the log-SNR; equal steps h make the multistep ratios 1 and are
+    # DPM-Solver's recommendation for pixel-space models
+    "dpm++2m": "logsnr",
+    "dpm++3m": "logsnr",
+    "dpm++2m-sde": "logsnr",
+    # the score-SDE paper discretises its reverse SDE on an even time grid
+    "pc": "uniform",
+    # NCSN's geometric noise sequence (evenly spaced in log sigma~ = -lambda/2)
+    "langevin": "logsnr",
+    # only the first and last levels are used: any spacing gives the same answer
+    "ode": "logsnr",
+}
 
 __all__ = [
+    "DEFAULT_SPACING",
     "SAMPLERS",
     "SPACINGS",
     "VARIANCES",
     "Levels",
     "ancestral",
     "ddim",
+    "dpmpp_2m",
+    "dpmpp_2m_sde",
+    "dpmpp_3m",
+    "euler",
+    "heun",
+    "langevin",
     "make_levels",
     "make_timesteps",
+    "ode",
+    "pc",
+    "time_of_log_snr",
+    "time_of_sigma_ve",
 ]

@@ -9,7 +9,8 @@ import torch
 
 from ..schedules import DiscreteSchedule
 
-SPACINGS = ("uniform", "quadratic", "logsnr")
+SPACINGS = ("uniform", "quadratic", "logsnr", "edm")
+EDM_RHO = 7.0
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,16 @@ class Levels:
 
     def __len__(self) -> int:
         return int(self.t.numel())
+
+    @property
+    def sigma_ve(self) -> torch.Tensor:
+        """EDM's noise level ``sigma~ = sigma/alpha = exp(-lambda/2)`` of each level, float64 ``[N]``:
+        the noise scale of ``x~ = x/alpha = x_0 + sigma~ eps``, the variance-exploding view."""
+        return self.sigma / self.alpha
+
+    def sigma_ve_to_data(self) -> torch.Tensor:
+        """``sigma~`` of every level followed by the data's ``0``, float64 ``[N+1]``."""
+        return torch.cat([self.sigma_ve, torch.zeros(1, dtype=torch.float64)])
 
     def pairs(self):
         """Yield ``(t, alpha_t, sigma_t, alpha_s, sigma_s)`` for each step, the last ``s`` being the
@@ -44,7 +55,10 @@ def make_timesteps(schedule: DiscreteSchedule, steps: int, spacing: str = "unifo
 
     ``uniform``: evenly spaced indices (rounded to integers, so ``steps = T`` is the full chain);
     ``quadratic``: ``t = (T-1) u^2`` for evenly spaced ``u`` (DDIM's quadratic stride, finer near the
-    data); ``logsnr``: evenly spaced in ``lambda``, mapped back to fractional ``t``.
+    data); ``logsnr``: evenly spaced in ``lambda``, mapped back to fractional ``t``; ``edm``: Karras et
+    al. (2022) eq. 5, ``sigma~_i^(1/rho)`` evenly spaced between ``sigma~_max^(1/rho)`` and
+    ``sigma~_min^(1/rho)`` with ``rho = 7`` and ``sigma~ = sigma/alpha`` of the schedule's two ends,
+    mapped back to fractional ``t`` (much finer near the data than ``logsnr``).
     """
     T = schedule.timesteps
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
@@ -60,6 +74,12 @@ def make_timesteps(schedule: DiscreteSchedule, steps: int, spacing: str = "unifo
         lam = schedule.lambdas
         targets = lam[-1] + (1 - u) * (lam[0] - lam[-1])
         return _invert_decreasing(lam, targets)
+    if spacing == "edm":
+        ends = torch.exp(-0.5 * schedule.lambdas[[T - 1, 0]]) ** (1 / EDM_RHO)  # sigma~_max, sigma~_min
+        sigma_ve = (ends[0] + (1 - u) * (ends[1] - ends[0])) ** EDM_RHO
+        t = time_of_sigma_ve(schedule, sigma_ve.clamp(float(ends[1] ** EDM_RHO), float(ends[0] ** EDM_RHO)))
+        t[0], t[-1] = T - 1.0, 0.0  # exact ends, free of rounding in the power and the inversion
+        return t
     raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
 
 
@@ -71,6 +91,35 @@ def _invert_decreasing(lam: torch.Tensor, targets: torch.Tensor) -> torch.Tensor
     w = ((targets - lo) / (hi - lo)).clamp(0, 1)
     rev = (idx - 1).to(torch.float64) + w  # position in asc
     return (lam.numel() - 1) - rev
+
+
+def time_of_log_snr(schedule: DiscreteSchedule, lam) -> torch.Tensor:
+    """Fractional model time ``t`` with ``lambda(t) = lam``, inverting the schedule's piecewise-linear
+    ``lambda`` exactly (so ``schedule.log_snr(time_of_log_snr(schedule, lam)) == lam``).
+
+    ``lam`` must lie in ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped); outside it
+    there is no model time to evaluate the network at, and a ``ValueError`` names the range.
+    """
+    lam = torch.as_tensor(lam, dtype=torch.float64)
+    lo, hi = float(schedule.lambdas[-1]), float(schedule.lambdas[0])
+    slack = 1e-9 * (hi - lo)
+    if lam.numel() and (
+        bool(torch.isnan(lam).any()) or float(lam.min()) < lo - slack or float(lam.max()) > hi + slack
+    ):
+        bad = lam[(lam < lo - slack) | (lam > hi + slack) | torch.isnan(lam)].flatten()[0].item()
+        raise ValueError(
+            f"log-SNR {bad:g} is outside the schedule's range [{lo:g}, {hi:g}] (t = T-1 .. 0)"
+        )
+    return _invert_decreasing(schedule.lambdas, lam.clamp(lo, hi).flatten()).reshape(lam.shape)
+
+
+def time_of_sigma_ve(schedule: DiscreteSchedule, sigma_ve) -> torch.Tensor:
+    """Fractional model time of EDM's noise level ``sigma~ = sigma/alpha``: since
+    ``sigma~^2 = sigma^2/alpha^2 = exp(-lambda)``, this is ``time_of_log_snr(-2 log sigma~)``."""
+    sigma_ve = torch.as_tensor(sigma_ve, dtype=torch.float64)
+    if sigma_ve.numel() and not bool((sigma_ve > 0).all()):
+        raise ValueError(f"sigma~ must be > 0 to have a model time, got {sigma_ve.min().item():g}")
+    return time_of_log_snr(schedule, -2.0 * torch.log(sigma_ve))
 
 
 def make_levels(schedule: DiscreteSchedule, timesteps: torch.Tensor) -> Levels:
