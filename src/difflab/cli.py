@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -18,7 +19,13 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="train a model from a TOML config or preset")
     t.add_argument("--config", default="toy2d", help="TOML file or preset name (default: toy2d)")
-    t.add_argument("--run", default=None, help="run folder (default: runs/<config name>)")
+    t.add_argument(
+        "--run",
+        "--run-dir",
+        dest="run",
+        default=None,
+        help="run folder (default: runs/<config name>); under torchrun spell it --run-dir",
+    )
     t.add_argument(
         "--set",
         dest="overrides",
@@ -38,7 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--no-progress", action="store_true")
 
     s = sub.add_parser("sample", help="draw samples from a trained run")
-    s.add_argument("--run", "--ckpt", dest="run", required=True, help="run folder written by `difflab train`")
+    s.add_argument(
+        "--run",
+        "--run-dir",
+        "--ckpt",
+        dest="run",
+        required=True,
+        help="run folder written by `difflab train`",
+    )
     s.add_argument(
         "--sampler",
         default=None,
@@ -65,14 +79,14 @@ def _parser() -> argparse.ArgumentParser:
         help="bpd: the variational bound; fd: Fréchet distance in classifier features (images); "
         "sw: sliced Wasserstein-2 (2-D data); all (default)",
     )
-    e.add_argument("--run", "--ckpt", dest="run", required=True)
+    e.add_argument("--run", "--run-dir", "--ckpt", dest="run", required=True)
     e.add_argument("--split", default="test", choices=["test", "train"], help="data split for bpd")
     e.add_argument("--n", type=int, default=None, help="examples scored (bpd) or samples used (fd)")
     e.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser("demo", help="train, sample and evaluate the bundled toy job end to end")
     d.add_argument("--config", default="toy2d", help="preset or TOML file (default: toy2d)")
-    d.add_argument("--run", default="runs/demo")
+    d.add_argument("--run", "--run-dir", dest="run", default="runs/demo")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
     return p
@@ -89,8 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")
-            _print(jobs.train(cfg, run, resume=args.resume or False, progress=progress))
-            print(f"run folder: {run}")
+            summary = jobs.train(cfg, run, resume=args.resume or False, progress=progress)
+            if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+                _print(summary)
+                print(f"run folder: {run}")
         elif args.command == "sample":
             _print(
                 jobs.sample(
