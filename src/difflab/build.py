@@ -12,6 +12,7 @@ from .config import Config
 from .data import TOY2D, make_toy2d
 from .diffusion import GaussianDiffusion
 from .nets import MLPDenoiser
+from .processes import PROCESSES, EDMDiffusion, VEDiffusion
 
 MODELS = ("mlp", "unet")
 IMAGE_DATA = ("digits", "mnist", "folder", "array")
@@ -38,8 +39,25 @@ class Splits:
 
 
 def build_diffusion(cfg: Config) -> GaussianDiffusion:
+    """The configured process: ``GaussianDiffusion`` (vp), ``VEDiffusion`` (ve) or ``EDMDiffusion``
+    (edm); a ``sigma_min``/``sigma_max`` of 0 takes the process's default."""
     d = cfg.diffusion
-    return GaussianDiffusion(d.schedule, d.timesteps, d.prediction, d.variance)
+    if d.process == "vp":
+        return GaussianDiffusion(d.schedule, d.timesteps, d.prediction, d.variance)
+    sigmas = {k: v for k, v in (("sigma_min", d.sigma_min), ("sigma_max", d.sigma_max)) if v != 0}
+    if d.process == "ve":
+        if d.prediction != "eps":
+            raise ValueError(
+                f"diffusion.process='ve' trains an eps-predicting network; got diffusion.prediction="
+                f"{d.prediction!r} (set it to 'eps')"
+            )
+        return VEDiffusion(timesteps=d.timesteps, variance=d.variance, **sigmas)
+    if d.process == "edm":
+        return EDMDiffusion(
+            timesteps=d.timesteps, sigma_data=d.sigma_data, p_mean=d.p_mean, p_std=d.p_std,
+            variance=d.variance, **sigmas,
+        )
+    raise ValueError(f"unknown diffusion.process {d.process!r}; choose one of {', '.join(PROCESSES)}")
 
 
 def build_model(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:

@@ -68,6 +68,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--n", type=int, default=None, help="number of samples")
     s.add_argument("--seed", type=int, default=None)
+    s.add_argument(
+        "--class", dest="label", type=int, default=None, metavar="K",
+        help="class-conditional model: draw class K only (default: cycle through the classes)",
+    )
+    s.add_argument(
+        "--guidance", type=float, default=None, metavar="S",
+        help="classifier-free guidance scale: 1 = conditional (default), 0 = unconditional, "
+        "> 1 sharper (the 'w' of the DDPM convention is S - 1)",
+    )
     s.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="metrics of a trained run: bpd, fd, sw or all that fit its data")
@@ -118,6 +127,8 @@ def main(argv: list[str] | None = None) -> int:
                     args.spacing,
                     args.eta,
                     progress=progress,
+                    label=args.label,
+                    guidance=args.guidance,
                 )
             )
         elif args.command == "eval":

@@ -51,10 +51,16 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    schedule: str = "linear"
-    timesteps: int = 1000
-    prediction: str = "eps"
-    variance: str = "fixed_small"
+    process: str = "vp"  # "vp" (DDPM), "ve" (NCSN / score-SDE VE) or "edm" (Karras et al. 2022)
+    schedule: str = "linear"  # vp
+    timesteps: int = 1000  # vp: T steps; ve/edm: T geometric noise levels
+    prediction: str = "eps"  # vp: eps, x0 or v; ve: eps; edm: set by its preconditioning (ignored)
+    variance: str = "fixed_small"  # ancestral sampling's variance
+    sigma_min: float = 0.0  # ve/edm; 0: the process's default (ve 0.01, edm 0.002)
+    sigma_max: float = 0.0  # ve/edm; 0: default (ve 50, edm 80); about the largest data distance
+    sigma_data: float = 0.5  # edm: the data's standard deviation
+    p_mean: float = -1.2  # edm: training ln(sigma) ~ N(p_mean, p_std^2)
+    p_std: float = 1.2
 
 
 @dataclass

@@ -175,7 +175,7 @@ class GaussianDiffusion:
             raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
         B = x0.shape[0]
         if t is None:
-            t = torch.randint(0, self.timesteps, (B,), generator=generator, device="cpu")
+            t = self.sample_t(B, generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
         x_t = self.q_sample(x0, t, noise)
@@ -184,7 +184,18 @@ class GaussianDiffusion:
         target = target_of(self.prediction, x0, noise, alpha, sigma)
         return (out - target).pow(2).flatten(1).mean(1)
 
+    def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times ``t ~ U{0, ..., T-1}`` (Algorithm 1), int64 ``[batch]`` on the CPU; the
+        trainer and :meth:`loss` draw ``t`` here, so a process with another training distribution
+        overrides this one method."""
+        return torch.randint(0, self.timesteps, (batch,), generator=generator, device="cpu")
+
     # ----------------------------------------------------------------- sampling
+    def prior_std(self, levels) -> float:
+        """Standard deviation of ``x_T ~ N(0, prior_std^2 I)`` that sampling starts from: 1 for a
+        variance-preserving process (a variance-exploding one overrides it)."""
+        return 1.0
+
     def timesteps_for(self, steps: int | None = None, spacing: str = "uniform") -> torch.Tensor:
         """The decreasing model times a sampler walks (``steps`` defaults to ``T``)."""
         return make_timesteps(self.schedule, self.timesteps if steps is None else steps, spacing)
@@ -206,7 +217,7 @@ class GaussianDiffusion:
         return_nfe: bool = False,
         **sampler_kwargs,
     ):
-        """Draw ``x_0`` by running ``sampler`` from ``x_T ~ N(0, I)`` over ``steps`` levels.
+        """Draw ``x_0`` by running ``sampler`` from ``x_T ~ N(0, prior_std^2 I)`` over ``steps`` levels.
 
         ``sampler`` is ``"ancestral"`` (Algorithm 2, with the diffusion's variance unless
         ``variance=`` is passed), ``"ddim"`` (``eta=`` 0 by default) or any other name in
@@ -222,6 +233,7 @@ class GaussianDiffusion:
         levels = make_levels(self.schedule, self.timesteps_for(steps, spacing))
         if x_T is None:
             x_T = torch.randn(tuple(shape), generator=generator, device=device or "cpu", dtype=dtype)
+            x_T = x_T * self.prior_std(levels)
         elif tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match shape {tuple(shape)}")
         if sampler == "ancestral":

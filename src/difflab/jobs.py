@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from . import config as config_mod
+from . import guidance as guidance_mod
 from .build import Splits, build_diffusion, build_model, build_splits, conditional, fresh_data
 from .config import Config
 from .metrics import sliced_wasserstein
@@ -126,8 +127,14 @@ def sample(
     spacing: str | None = None,
     eta: float | None = None,
     progress: bool = True,
+    label: int | None = None,
+    guidance: float | None = None,
 ) -> dict[str, Any]:
-    """Draw samples with the EMA weights; writes ``samples.npy`` and ``samples.png``."""
+    """Draw samples with the EMA weights; writes ``samples.npy`` and ``samples.png``.
+
+    A class-conditional model draws class ``label`` for every sample, or cycles through the classes
+    (sample ``i`` has class ``i % num_classes``) when ``label`` is None; ``guidance`` is the
+    classifier-free guidance scale (:mod:`difflab.guidance`; 1 = the conditional model)."""
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = load_run(run_dir)
     _set_threads(cfg)
@@ -136,9 +143,10 @@ def sample(
     eta = s.eta if eta is None else eta
     kwargs = {"eta": eta} if sampler in ETA_SAMPLERS and eta >= 0 else {}
     n = n or s.n
+    net = _guided_model(cfg, model, n, label, guidance)
     t0 = time.perf_counter()
     x, nfe = diffusion.sample(
-        _sampling_model(cfg, model, n),
+        net,
         (n, *splits.shape),
         sampler=sampler,
         steps=(steps or s.steps) or None,
@@ -162,7 +170,27 @@ def sample(
 
         title = f"{cfg.data.name}: {sampler}, {nfe} NFE"
         scatter_compare(splits.test, x, run_dir / "samples.png", title)
-    return {"sampler": sampler, "nfe": nfe, "n": n, "seconds": round(seconds, 2)}
+    out = {"sampler": sampler, "nfe": nfe, "n": n, "seconds": round(seconds, 2)}
+    return out | {k: v for k, v in (("class", label), ("guidance", guidance)) if v is not None}
+
+
+def _guided_model(cfg: Config, model: torch.nn.Module, n: int, label: int | None, scale: float | None):
+    """The model :func:`sample` calls: unconditional, conditional on ``label`` (or cycling classes), or
+    classifier-free guided with ``scale``."""
+    k = cfg.model.num_classes
+    if label is None and scale is None:
+        return _sampling_model(cfg, model, n)
+    if k == 0:
+        raise ValueError("--class and --guidance need a class-conditional model (model.num_classes > 0)")
+    if label is not None and not 0 <= label < k:
+        raise ValueError(f"class {label} is out of range: this model has classes 0..{k - 1}")
+    y = _labels_for(cfg, n) if label is None else torch.full((n,), label, dtype=torch.long)
+    if scale is not None and scale != 1 and cfg.train.label_dropout <= 0:
+        raise ValueError(
+            "guidance needs the unconditional model, learnt only with train.label_dropout > 0; "
+            "this run was trained without it (use --guidance 1 or retrain)"
+        )
+    return guidance_mod.cfg(model, y, 1.0 if scale is None else scale, null_class=k)
 
 
 def _load_samples(run_dir: Path, limit: int | None = None) -> torch.Tensor:

@@ -11,7 +11,9 @@ With ``x_t = alpha x_0 + sigma eps`` the best denoiser is ``E[x_0 | x_t]`` (Twee
   probabilities ``pi_k``): the same mixture formula per coordinate with ``s_k = 0``.
 
 Each oracle is a ``model(x_t, t)`` callable returning the diffusion's own prediction (``eps``,
-``x0`` or ``v``), so it can stand in for a trained network in any sampler or in the bound.
+``x0`` or ``v``), so it can stand in for a trained network in any sampler or in the bound. For a
+preconditioned process (:mod:`difflab.processes`: VE, EDM) it is the network ``F`` itself: it reads
+its input as ``c_in x`` and returns the output ``(E[x_0|x] - c_skip x)/c_out`` that makes ``D`` exact.
 """
 
 from __future__ import annotations
@@ -37,6 +39,10 @@ class _Oracle:
             v.to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
             for v in self.diffusion.schedule.alpha_sigma(t)
         )
+        pre = getattr(self.diffusion, "preconditioning", None)
+        if pre is not None:  # VE / EDM: the input is c_in x, the output F with D(x) = E[x_0 | x]
+            x = x / (pre.coefficients(sigma)[2])
+            return pre.target(self.posterior_mean(x, alpha, sigma), x, t).to(x_t.dtype)
         x0 = self.posterior_mean(x, alpha, sigma)
         eps = (x - alpha * x0) / sigma
         return target_of(self.diffusion.prediction, x0, eps, alpha, sigma).to(x_t.dtype)

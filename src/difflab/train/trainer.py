@@ -232,7 +232,7 @@ class Trainer:
         """This rank's rows of the global batch, drawn identically on every rank."""
         B, data = self.cfg.batch_size, self.data
         idx = torch.randint(0, data.shape[0], (B,), generator=self.gen)
-        t = torch.randint(0, self.diffusion.timesteps, (B,), generator=self.gen)
+        t = self.diffusion.sample_t(B, self.gen)  # U{0..T-1}; EDM: log-normal sigma as model time
         noise = torch.randn((B, *data.shape[1:]), generator=self.gen, dtype=data.dtype)
         y = None
         if self.labels is not None:
