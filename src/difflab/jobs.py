@@ -313,10 +313,12 @@ def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     cfg = config_mod.load(str(run_dir / "config.toml")) if (run_dir / "config.toml").is_file() else None
     if cfg is None:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
+    has_bound = cfg.diffusion.process == "vp"  # the discrete bound is defined for the DDPM chain only
     if cfg.model.kind == "mlp":
-        sliced(run_dir)
-        return bound(run_dir, progress=progress)
-    bound(run_dir, progress=progress)
+        m = sliced(run_dir)
+        return bound(run_dir, progress=progress) if has_bound else m
+    if has_bound:
+        bound(run_dir, progress=progress)
     return frechet(run_dir)
 
 

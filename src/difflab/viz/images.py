@@ -79,7 +79,10 @@ def reverse_strip(
         if i in keep:
             frames.append(x.clone())
 
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed))
+    from ..samplers import make_levels
+
+    std = diffusion.prior_std(make_levels(diffusion.schedule, diffusion.timesteps_for()))
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(seed)) * std
     record(0, x_T)
     diffusion.sample(
         model,
