@@ -31,6 +31,15 @@ of the output is zero-initialised, so an untrained model predicts 0.
 
 The DDPM CIFAR-10 model is ``UNet(3, channels=128, channel_mult=(1, 2, 2, 2), num_res_blocks=2,
 attention_resolutions=(16,), image_size=32, dropout=0.1, scale_shift_norm=False)``: 35.7M parameters.
+
+Speed on CPU (``bench/throughput.py``, ``bench/RESULTS.md``). Train in bf16 autocast with NCHW tensors
+(``train.precision = "bf16"``, ``train.channels_last = false``): PyTorch's channels_last GroupNorm
+is 25-45x slower than its NCHW kernel in bf16, and the layout copies around it (:class:`GroupNorm`)
+cost more than channels_last saves in the convolutions. The convolutions are then ~70% of a step;
+the rest is kept small by computing the same functions differently: the FiLM ``N2(h) * (1 + s) + b``
+is one GroupNorm call (:func:`_group_norm_film`), short-sequence attention is two matmuls
+(:func:`_matmul_attention`), the dropout mask comes from numpy (:class:`Dropout`) and ``Upsample`` is
+one transposed convolution with 4/9 of the multiply-adds.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -50,9 +60,11 @@ __all__ = ["UNet", "unet_from_config"]
 class GroupNorm(nn.GroupNorm):
     """``nn.GroupNorm`` that runs channels_last bf16/fp16 CPU inputs through the NCHW kernel.
 
-    PyTorch's channels_last GroupNorm on CPU is 2-7x slower than its NCHW kernel for bf16 at these
-    sizes (forward + backward), more than two layout copies cost; in fp32 neither wins everywhere, so
-    fp32 is left alone. The result is the NCHW kernel's, handed back in channels_last."""
+    PyTorch's channels_last GroupNorm on CPU is 25-45x slower than its NCHW kernel in bf16 at these
+    sizes (forward + backward, torch 2.13), far more than the two layout copies cost; in fp32 it is 3-5x
+    slower but the copies eat most of the gain, so fp32 is left alone. The result is the NCHW kernel's,
+    handed back in channels_last. The copies still make channels_last the slower layout for this U-Net
+    on CPU (see the module docstring)."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if (
@@ -71,10 +83,80 @@ def _norm(channels: int, groups: int) -> nn.GroupNorm:
     return GroupNorm(math.gcd(channels, groups), channels)
 
 
+def _group_norm_film(
+    norm: nn.GroupNorm, h: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor
+) -> torch.Tensor:
+    """``norm(h) * scale + shift`` for per-example ``scale``, ``shift`` ``[B, C]``, in one GroupNorm call.
+
+    With ``norm(h) = n * w + beta`` the result is ``n * (w * scale) + (beta * scale + shift)``: a GroupNorm
+    with a per-example affine, which is a GroupNorm of ``h`` seen as one example of ``B * C`` channels in
+    ``B * groups`` groups (a free view of NCHW memory) with weight ``w * scale`` and bias
+    ``beta * scale + shift``. It saves the broadcast multiply-add over ``[B, C, H, W]`` forward and
+    backward (slow for NCHW on CPU: the broadcast dimensions are the innermost)."""
+    b, c = h.shape[:2]
+    weight = scale * norm.weight if norm.weight is not None else scale
+    bias = shift + (scale * norm.bias if norm.bias is not None else 0)
+    out = F.group_norm(
+        h.reshape(1, b * c, *h.shape[2:]), b * norm.num_groups, weight.reshape(-1), bias.reshape(-1), norm.eps
+    )
+    return out.reshape(h.shape)
+
+
 def _zero(module: nn.Module) -> nn.Module:
     for p in module.parameters():
         nn.init.zeros_(p)
     return module
+
+
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` whose CPU training-mode mask comes from numpy's PCG64 generator.
+
+    ``Tensor.bernoulli_`` on CPU (except on Intel CPUs, where it calls MKL) draws element by element from
+    a Mersenne twister and a 53-bit uniform; for the mnist U-Net's 13M dropped-or-kept activations per
+    step it was 8% of a bf16 training step, 3x what this takes. The masks follow torch's RNG: the
+    generator is seeded by one draw from torch's global generator, so ``torch.manual_seed`` and saved
+    RNG states reproduce them. ``p`` is kept exactly: with ``round(p * 2**64) = hi * 2**32 + lo`` (the
+    exact value of ``p * 2**64`` for every float64 ``p >= 2**-11``), an element is dropped when its
+    uniform 32-bit draw ``r < hi``, or ``r == hi`` and a second 32-bit draw is ``< lo``, so
+    ``P(drop) = (hi * 2**32 + lo) / 2**64 = p``. Other devices, ``inplace=True``, ``p = 1`` and code
+    traced by ``torch.compile`` use ``F.dropout``."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        bits = _BITS.get(x.itemsize)
+        if x.device.type != "cpu" or self.inplace or not 0.0 < self.p < 1.0 or bits is None or _compiling():
+            return super().forward(x)  # torch.compile generates its own fast dropout
+        # the mask holds 0 and 1 in x's dtype and layout (as F.dropout's does): x * mask is a plain
+        # vectorised product, where a bool mask would take a 5-10x slower mixed-dtype loop
+        mask = torch.empty_like(x)  # dense, so a flat view covers it
+        flat = mask.as_strided((mask.numel(),), (1,)).view(bits).numpy()
+        one = torch.ones((), dtype=x.dtype).view(bits).item()
+        np.multiply(_keep(flat.size, self.p), flat.dtype.type(one), out=flat)
+        return (x * mask).mul_(1.0 / (1.0 - self.p))
+
+
+_BITS = {2: torch.int16, 4: torch.int32, 8: torch.int64}  # element size -> integer dtype of that size
+
+
+def _compiling() -> bool:
+    is_compiling = getattr(getattr(torch, "compiler", None), "is_compiling", None)
+    return bool(is_compiling and is_compiling())
+
+
+def _keep(n: int, p: float) -> np.ndarray:
+    """``n`` independent bools, each False with probability ``p`` exactly (see :class:`Dropout`)."""
+    seed = int(torch.empty((), dtype=torch.int64).random_())  # one draw from torch's global generator
+    bits = np.random.PCG64(seed)
+    threshold = round(p * 2**64)  # exact for float64 p >= 2**-11; else within 2**-65 of p * 2**64
+    hi, lo = threshold >> 32, threshold & 0xFFFFFFFF
+    r = bits.random_raw((n + 1) // 2).view(np.uint32)[:n]
+    keep = r >= hi
+    if lo:  # r == hi (probability 2**-32 each): keep only when a second 32-bit draw is >= lo
+        ties = np.flatnonzero(r == hi)
+        if ties.size:
+            keep[ties] = (bits.random_raw(ties.size) & 0xFFFFFFFF) >= lo
+    return keep
 
 
 class ResBlock(nn.Module):
@@ -87,20 +169,34 @@ class ResBlock(nn.Module):
         self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
         self.emb_proj = nn.Linear(emb_dim, 2 * cout if scale_shift else cout)
         self.norm2 = _norm(cout, groups)
-        self.drop = nn.Dropout(dropout)
+        self.drop = Dropout(dropout)
         self.conv2 = _zero(nn.Conv2d(cout, cout, 3, padding=1))
         self.skip = nn.Identity() if cin == cout else nn.Conv2d(cin, cout, 1)
 
     def forward(self, x: torch.Tensor, emb_act: torch.Tensor) -> torch.Tensor:
         h = self.conv1(F.silu(self.norm1(x)))
-        e = self.emb_proj(emb_act)[:, :, None, None]
+        e = self.emb_proj(emb_act)
         if self.scale_shift:
             scale, shift = e.chunk(2, dim=1)
-            h = torch.addcmul(shift, self.norm2(h), 1 + scale)
+            h = _group_norm_film(self.norm2, h, 1 + scale, shift)
         else:
-            h = self.norm2(h + e)
+            h = self.norm2(h + e[:, :, None, None])
         h = self.conv2(self.drop(F.silu(h)))
         return self.skip(x) + h
+
+
+# CPU self-attention over at most this many positions runs as two matmuls and a softmax: for such short
+# sequences PyTorch's fused CPU kernel (scaled_dot_product_attention) is 1.5-8x slower forward + backward,
+# most of all in bf16. Longer sequences, and every other device, use the fused kernel.
+MATMUL_ATTENTION_MAX_TOKENS = 256
+
+
+def _matmul_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``softmax(q k^T / sqrt(d)) v`` over the last two dimensions, computed in float32 (also under autocast,
+    as the fused kernel accumulates in float32); returned in ``v``'s dtype."""
+    with torch.autocast(q.device.type, enabled=False):
+        scores = torch.matmul(q.float(), k.float().transpose(-1, -2)) * q.shape[-1] ** -0.5
+        return torch.matmul(scores.softmax(dim=-1), v.float()).to(v.dtype)
 
 
 class Attention(nn.Module):
@@ -117,10 +213,14 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, emb_act: torch.Tensor | None = None) -> torch.Tensor:
         b, c, hh, ww = x.shape
-        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, hh * ww, c)
-        qkv = self.qkv(tokens).reshape(b, hh * ww, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
-        out = F.scaled_dot_product_attention(qkv[0], qkv[1], qkv[2])  # [B, heads, HW, d]
-        out = self.proj(out.transpose(1, 2).reshape(b, hh * ww, c))
+        n = hh * ww
+        tokens = self.norm(x).permute(0, 2, 3, 1).reshape(b, n, c)
+        q, k, v = self.qkv(tokens).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        if x.device.type == "cpu" and n <= MATMUL_ATTENTION_MAX_TOKENS:
+            out = _matmul_attention(q, k, v)  # [B, heads, HW, d]
+        else:
+            out = F.scaled_dot_product_attention(q, k, v)
+        out = self.proj(out.transpose(1, 2).reshape(b, n, c))
         return x + out.reshape(b, hh, ww, c).permute(0, 3, 1, 2)
 
 
@@ -134,12 +234,25 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
+    """Nearest-neighbour x2 upsampling followed by ``conv`` (3x3, padding 1), run as one transposed
+    convolution of the input (stride 2, padding 1, 4x4 kernel).
+
+    Along each axis, output row ``2 i + d - 1`` (``d = 0..3``) reads input row ``i`` through the taps
+    ``(w_2, w_1 + w_2, w_0 + w_1, w_0)`` of the 3x3 kernel, so the transposed convolution is the same
+    linear map with 4 instead of 9 multiply-adds per output pixel and input channel, and the upsampled
+    copy is never made (the parameters are still ``conv``'s)."""
+
     def __init__(self, channels: int):
         super().__init__()
         self.conv = nn.Conv2d(channels, channels, 3, padding=1)
 
     def forward(self, x: torch.Tensor, emb_act: torch.Tensor | None = None) -> torch.Tensor:
-        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+        def taps(w: torch.Tensor, dim: int) -> torch.Tensor:
+            w0, w1, w2 = w.unbind(dim)
+            return torch.stack([w2, w1 + w2, w0 + w1, w0], dim)
+
+        kernel = taps(taps(self.conv.weight, 2), 3).transpose(0, 1)  # [C_in, C_out, 4, 4]
+        return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
 
 
 def _int(label: str, value, low: int) -> int:
