@@ -1,10 +1,11 @@
 """difflab: denoising diffusion models, correct to the equation."""
 
-from . import gaussian, likelihood, oracles, samplers, schedules
+from . import gaussian, likelihood, objectives, oracles, samplers, schedules
 from .denoiser import Denoiser
 from .diffusion import GaussianDiffusion
 from .likelihood import VLBTerms
 from .schedules import DiscreteSchedule
+from .vdm import VDMDiffusion, VDMModel
 
 __version__ = "0.1.0"
 
@@ -12,9 +13,12 @@ __all__ = [
     "Denoiser",
     "DiscreteSchedule",
     "GaussianDiffusion",
+    "VDMDiffusion",
+    "VDMModel",
     "VLBTerms",
     "gaussian",
     "likelihood",
+    "objectives",
     "oracles",
     "samplers",
     "schedules",

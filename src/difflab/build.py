@@ -11,8 +11,11 @@ from torch import nn
 from .config import Config
 from .data import TOY2D, make_toy2d
 from .diffusion import GaussianDiffusion
+from .learned_schedule import VDMModel, make_schedule
 from .nets import MLPDenoiser
+from .objectives import Objective
 from .processes import PROCESSES, EDMDiffusion, VEDiffusion
+from .vdm import VDMDiffusion
 
 MODELS = ("mlp", "unet")
 IMAGE_DATA = ("digits", "mnist", "folder", "array")
@@ -38,12 +41,17 @@ class Splits:
         return self.train.dim() == 4
 
 
-def build_diffusion(cfg: Config) -> GaussianDiffusion:
+def build_diffusion(cfg: Config, splits: Splits | None = None) -> GaussianDiffusion:
     """The configured process: ``GaussianDiffusion`` (vp), ``VEDiffusion`` (ve) or ``EDMDiffusion``
-    (edm); a ``sigma_min``/``sigma_max`` of 0 takes the process's default."""
+    (edm); a ``sigma_min``/``sigma_max`` of 0 takes the process's default. With ``splits`` the
+    ``L_vlb`` decoder of a ``hybrid``/``vlb`` objective follows the data as the bound does (images:
+    discretized on their grid; vectors: a Gaussian density)."""
     d = cfg.diffusion
+    _check_objective_keys(cfg)
+    if d.process == "vdm":
+        return _vdm_diffusion(cfg, splits)
     if d.process == "vp":
-        return GaussianDiffusion(d.schedule, d.timesteps, d.prediction, d.variance)
+        return GaussianDiffusion(d.schedule, d.timesteps, d.prediction, d.variance, _objective(cfg, splits))
     sigmas = {k: v for k, v in (("sigma_min", d.sigma_min), ("sigma_max", d.sigma_max)) if v != 0}
     if d.process == "ve":
         if d.prediction != "eps":
@@ -57,21 +65,94 @@ def build_diffusion(cfg: Config) -> GaussianDiffusion:
             timesteps=d.timesteps, sigma_data=d.sigma_data, p_mean=d.p_mean, p_std=d.p_std,
             variance=d.variance, **sigmas,
         )
-    raise ValueError(f"unknown diffusion.process {d.process!r}; choose one of {', '.join(PROCESSES)}")
+    raise ValueError(f"unknown diffusion.process {d.process!r}; choose one of {', '.join(PROCESSES)}, vdm")
+
+
+def _vdm_diffusion(cfg: Config, splits: Splits | None) -> VDMDiffusion:
+    """Continuous-time VDM (:mod:`difflab.vdm`); its training loss is the whole bound, whose decoder
+    follows the data as the bound does (images: their grid of ``splits.bins`` levels; vectors or no
+    ``splits``: a Gaussian density)."""
+    d = cfg.diffusion
+    bins = (splits.bins or 256) if splits is not None and splits.is_image else None
+    try:
+        return VDMDiffusion(
+            d.vdm_schedule, d.timesteps, d.prediction, d.variance, gamma_min=d.gamma_min,
+            gamma_max=d.gamma_max, learn_endpoints=d.learn_endpoints, bins=bins,
+        )
+    except ValueError as exc:
+        raise ValueError(f"[diffusion] {exc}") from None
+
+
+def _check_objective_keys(cfg: Config) -> None:
+    """``diffusion.variance = 'learned'`` and ``model.learn_sigma`` go together; objectives and
+    weightings belong to the DDPM chain."""
+    d, m = cfg.diffusion, cfg.model
+    if d.process != "vp":
+        for key, value, default in (("diffusion.objective", d.objective, "simple"),
+                                    ("diffusion.weighting", d.weighting, "none"),
+                                    ("model.learn_sigma", m.learn_sigma, False)):
+            if value != default:
+                raise ValueError(
+                    f"{key}={value!r} applies to the DDPM chain (diffusion.process = 'vp'), not to "
+                    f"process {d.process!r}; leave it at {default!r}"
+                )
+        return
+    if d.variance == "learned" and not m.learn_sigma:
+        raise ValueError(
+            "diffusion.variance = 'learned' needs model.learn_sigma = true (the network must output the "
+            "variance channels next to its prediction)"
+        )
+    if m.learn_sigma and d.variance != "learned":
+        raise ValueError(
+            f"model.learn_sigma = true makes the network output variance channels, but "
+            f"diffusion.variance = {d.variance!r} would ignore them; set diffusion.variance = 'learned' "
+            "(or model.learn_sigma = false)"
+        )
+
+
+def _objective(cfg: Config, splits: Splits | None) -> Objective:
+    d = cfg.diffusion
+    decoder: dict[str, Any] = {}
+    if splits is not None:
+        decoder = {"bins": splits.bins or 256} if splits.is_image else {"decoder": "gaussian"}
+    try:
+        return Objective(d.objective, d.weighting, d.min_snr_gamma, d.p2_gamma, d.p2_k, **decoder)
+    except ValueError as exc:
+        raise ValueError(f"[diffusion] {exc}") from None
 
 
 def build_model(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
+    """The configured network; for ``diffusion.process = 'vdm'`` one on a 1000-step clock wrapped in a
+    :class:`~difflab.vdm.VDMModel` with the configured schedule (a submodule, trained and saved with it)."""
+    if cfg.diffusion.process != "vdm":
+        return _build_net(cfg, data_shape, cfg.diffusion.timesteps)
+    d = cfg.diffusion
+    try:
+        schedule = make_schedule(d.vdm_schedule, d.gamma_min, d.gamma_max, d.learn_endpoints)
+    except ValueError as exc:
+        raise ValueError(f"[diffusion] {exc}") from None
+    return VDMModel(_build_net(cfg, data_shape, 1000), schedule, d.timesteps)
+
+
+def _build_net(cfg: Config, data_shape: tuple[int, ...], timesteps: int) -> nn.Module:
     m = cfg.model
     if m.kind == "mlp":
         if len(data_shape) != 1:
             raise ValueError(f"model.kind='mlp' needs vector data [N, D], got rows of shape {data_shape}")
-        return MLPDenoiser(data_shape[0], m.hidden, m.depth, m.emb_dim, cfg.diffusion.timesteps)
+        if m.fourier_features:
+            raise ValueError(
+                f"model.fourier_features={m.fourier_features!r} applies to model.kind='unet' (images); "
+                "leave it [] for the mlp"
+            )
+        return MLPDenoiser(
+            data_shape[0], m.hidden, m.depth, m.emb_dim, timesteps, learn_sigma=m.learn_sigma
+        )
     if m.kind == "unet":
         if len(data_shape) != 3:
             raise ValueError(f"model.kind='unet' needs images [N, C, H, W], got rows of shape {data_shape}")
         from .nets.unet import unet_from_config
 
-        return unet_from_config(m, data_shape, cfg.diffusion.timesteps)
+        return unet_from_config(m, data_shape, timesteps)
     raise ValueError(f"unknown model.kind {m.kind!r}; choose one of {', '.join(MODELS)}")
 
 

@@ -1,4 +1,4 @@
-"""``difflab train | sample | eval | demo``."""
+"""``difflab train | sample | eval | viz | demo``."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from . import config as config_mod
-from . import jobs
+from . import jobs, likelihood_jobs
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -91,7 +91,25 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--run", "--run-dir", "--ckpt", dest="run", required=True)
     e.add_argument("--split", default="test", choices=["test", "train"], help="data split for bpd")
     e.add_argument("--n", type=int, default=None, help="examples scored (bpd) or samples used (fd)")
+    e.add_argument(
+        "--ode", action="store_true",
+        help="bpd: also the likelihood through the probability-flow ODE (exact for 2-D data, Hutchinson "
+        "for images, uniform dequantization)",
+    )
+    e.add_argument("--rtol", type=float, default=1e-5, help="--ode: relative tolerance of RK45 (1e-5)")
+    e.add_argument("--atol", type=float, default=1e-5, help="--ode: absolute tolerance of RK45 (1e-5)")
     e.add_argument("--no-progress", action="store_true")
+
+    v = sub.add_parser("viz", help="figures of trained runs")
+    v.add_argument("what", choices=["vlb"], help="vlb: the bound's terms against log-SNR")
+    v.add_argument(
+        "--run", "--run-dir", "--ckpt", dest="runs", action="append", required=True,
+        help="run folder (repeat to overlay several runs)",
+    )
+    v.add_argument("--out", default=None, help="PNG path (default: RUN/vlb.png of the first run)")
+    v.add_argument("--split", default="test", choices=["test", "train"])
+    v.add_argument("--n", type=int, default=None, help="examples scored (default: eval.bound_n)")
+    v.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser("demo", help="train, sample and evaluate the bundled toy job end to end")
     d.add_argument("--config", default="toy2d", help="preset or TOML file (default: toy2d)")
@@ -133,13 +151,20 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "eval":
             if args.what == "bpd":
-                _print(jobs.bound(args.run, args.split, args.n, progress=progress))
+                result = jobs.bound(args.run, args.split, args.n, progress=progress)
+                if args.ode:
+                    result = likelihood_jobs.ode_bound(
+                        args.run, args.split, args.n, rtol=args.rtol, atol=args.atol, progress=progress
+                    )
+                _print(result)
             elif args.what == "fd":
                 _print(jobs.frechet(args.run, args.n))
             elif args.what == "sw":
                 _print(jobs.sliced(args.run))
             else:
                 _print(jobs.evaluate(args.run, progress=progress))
+        elif args.command == "viz":
+            _print(likelihood_jobs.vlb_figure(args.runs, args.out, args.split, args.n, progress=progress))
         elif args.command == "demo":
             return _demo(args, progress)
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
@@ -175,7 +200,7 @@ def _demo(args, progress: bool) -> int:
             f"      samples to fresh data {m['sliced_w2']:.4f}, between two fresh data sets "
             f"{m['sliced_w2_floor']:.4f} -> ratio {m['sliced_w2_ratio']:.2f}"
         )
-        if cfg.diffusion.process == "vp":
+        if cfg.diffusion.process in jobs.BOUND_PROCESSES:
             print("[4/4] the variational bound on held-out points")
             m = jobs.bound(run, progress=progress)
             print(
@@ -185,7 +210,7 @@ def _demo(args, progress: bool) -> int:
     else:
         print("[3/4] forward and reverse strips, test bits/dim")
         files[1:1] = jobs.strips(run)
-        if cfg.diffusion.process == "vp":
+        if cfg.diffusion.process in jobs.BOUND_PROCESSES:
             m = jobs.bound(run, progress=progress)
             print(
                 f"      test bound {m['bound_bits_per_dim']:.3f} +- {m['bound_bits_per_dim_stderr']:.3f} "

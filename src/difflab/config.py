@@ -47,20 +47,30 @@ class ModelConfig:
     scale_shift_norm: bool = True
     learn_sigma: bool = False
     num_classes: int = 0  # > 0: class-conditional, with a null class for guidance
+    fourier_features: list = field(default_factory=list)  # unet: VDM's sin/cos(2^n pi x) inputs, e.g. [7, 8]
 
 
 @dataclass
 class DiffusionConfig:
-    process: str = "vp"  # "vp" (DDPM), "ve" (NCSN / score-SDE VE) or "edm" (Karras et al. 2022)
+    process: str = "vp"  # "vp" (DDPM), "ve" (NCSN / score-SDE VE), "edm" (Karras et al. 2022) or "vdm"
     schedule: str = "linear"  # vp
     timesteps: int = 1000  # vp: T steps; ve/edm: T geometric noise levels
     prediction: str = "eps"  # vp: eps, x0 or v; ve: eps; edm: set by its preconditioning (ignored)
-    variance: str = "fixed_small"  # ancestral sampling's variance
+    variance: str = "fixed_small"  # ancestral sampling's variance; "learned" needs model.learn_sigma = true
+    objective: str = "simple"  # vp: "simple" (L_simple), "hybrid" (+ 0.001 L_vlb, learned variance) or "vlb"
+    weighting: str = "none"  # vp: weighting of L_simple: "none", "min_snr" or "p2" (difflab.objectives)
+    min_snr_gamma: float = 5.0  # min-SNR-gamma's gamma
+    p2_gamma: float = 1.0  # P2: 1 / (p2_k + SNR)^p2_gamma on the eps error
+    p2_k: float = 1.0
     sigma_min: float = 0.0  # ve/edm; 0: the process's default (ve 0.01, edm 0.002)
     sigma_max: float = 0.0  # ve/edm; 0: default (ve 50, edm 80); about the largest data distance
     sigma_data: float = 0.5  # edm: the data's standard deviation
     p_mean: float = -1.2  # edm: training ln(sigma) ~ N(p_mean, p_std^2)
     p_std: float = 1.2
+    vdm_schedule: str = "learned"  # vdm (continuous-time VDM): "learned", "linear" or "cosine"
+    gamma_min: float = -13.3  # vdm: -log SNR at t = 0 (data end); the initial value when learned
+    gamma_max: float = 5.0  # vdm: -log SNR at t = 1 (prior end)
+    learn_endpoints: bool = True  # vdm: train gamma_min / gamma_max with the bound
 
 
 @dataclass
@@ -86,6 +96,7 @@ class TrainConfig:
     keep_checkpoints: int = 3  # step-numbered checkpoints kept besides the latest
     sample_every: int = 0  # write a sample grid every N steps (0: never)
     label_dropout: float = 0.0  # class-conditional: share of labels replaced by the null class
+    t_sampler: str = "uniform"  # "uniform" or "importance" (p_t ~ RMS of the last 10 losses at t; vp only)
 
 
 @dataclass

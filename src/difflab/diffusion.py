@@ -5,24 +5,27 @@ This is the public entry point of the contract in DESIGN.md::
     diffusion = GaussianDiffusion(schedule="linear", timesteps=1000, prediction="eps",
                                   variance="fixed_small")
     x_t = diffusion.q_sample(x0, t, noise)
-    loss = diffusion.loss(model, x0)            # L_simple, shape [B]
+    loss = diffusion.loss(model, x0)            # L_simple, shape [B] (objective=: see objectives)
     x0 = diffusion.sample(model, shape, sampler="ddim", steps=50, generator=g)
     bpd = diffusion.bits_per_dim(model, x0)     # the variational bound, bits/dim
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 
-from . import likelihood
+from . import likelihood, objectives
 from .denoiser import Denoiser, Model, _bcast
 from .gaussian import (
     check_prediction,
+    learned_log_variance,
     posterior_coefficients,
     q_sample,
-    target_of,
     transition_variance,
 )
+from .objectives import Objective
 from .samplers import DEFAULT_SPACING, SAMPLERS, VARIANCES, make_levels, make_timesteps
 from .schedules import DiscreteSchedule
 
@@ -34,8 +37,13 @@ class GaussianDiffusion:
         schedule: ``"linear"``, ``"cosine"``, ``"sigmoid"`` or a 1-D tensor of betas.
         timesteps: ``T`` (ignored when betas are given).
         prediction: what the network predicts: ``"eps"``, ``"x0"`` or ``"v"``.
-        variance: reverse-process variance, ``"fixed_small"`` (``beta~_t``) or ``"fixed_large"``
-            (``beta_t``).
+        variance: reverse-process variance, ``"fixed_small"`` (``beta~_t``), ``"fixed_large"``
+            (``beta_t``) or ``"learned"`` (improved DDPM eq. 15: the network returns ``2 C`` channels
+            ``[prediction, v]`` and ``log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t``,
+            ``frac = (v + 1)/2``).
+        objective: what :meth:`loss` minimises: ``"simple"`` (``L_simple``, the default), ``"hybrid"``
+            or ``"vlb"``, or an :class:`~difflab.objectives.Objective` with a weighting (min-SNR, P2)
+            and its options. See :mod:`difflab.objectives`.
     """
 
     def __init__(
@@ -44,6 +52,7 @@ class GaussianDiffusion:
         timesteps: int = 1000,
         prediction: str = "eps",
         variance: str = "fixed_small",
+        objective: str | Objective = "simple",
     ):
         if isinstance(schedule, str):
             self.schedule = DiscreteSchedule.named(schedule, timesteps)
@@ -58,11 +67,13 @@ class GaussianDiffusion:
                 f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}"
             )
         self.variance = variance
+        self.objective = Objective.of(objective)
 
     def __repr__(self) -> str:
+        extra = "" if self.objective == Objective() else f", objective={self.objective!r}"
         return (
             f"GaussianDiffusion(schedule={self.schedule_name!r}, timesteps={self.timesteps}, "
-            f"prediction={self.prediction!r}, variance={self.variance!r})"
+            f"prediction={self.prediction!r}, variance={self.variance!r}{extra})"
         )
 
     # ----------------------------------------------------------------- forward process
@@ -134,27 +145,56 @@ class GaussianDiffusion:
     def reverse_log_variance(self) -> torch.Tensor:
         """``log sigma_t^2`` of ``p(x_{t-1} | x_t)`` for each index, float64 ``[T]``:
         ``beta~_t`` (fixed_small) or ``beta_t`` (fixed_large); index 0 uses ``beta~`` of index 1
-        (DDPM's decoder variance, since ``beta~_1 = 0``)."""
+        (DDPM's decoder variance, since ``beta~_1 = 0``). A learned variance depends on the network's
+        output: see :meth:`model_log_variance`."""
+        if self.variance == "learned":
+            raise ValueError(
+                "variance='learned' has no fixed reverse variance: it depends on the network's output; "
+                "use model_log_variance(t, x_t, v) or p_mean_variance"
+            )
         clipped = self._clipped_posterior_variance()
         if self.variance == "fixed_small":
             return torch.log(clipped)
         return torch.log(torch.cat([clipped[:1], self.schedule.betas[1:]]))
 
+    def model_log_variance(self, t, x_t: torch.Tensor, v: torch.Tensor | None = None) -> torch.Tensor:
+        """``log sigma_t^2`` of ``p_theta(x_{t-1} | x_t)`` at integer ``t``, broadcast against ``x_t``.
+
+        Fixed variances: :meth:`reverse_log_variance` at ``t``. Learned (improved DDPM eq. 15):
+        ``frac log beta_t + (1 - frac) log beta~_t`` with ``frac = (v + 1)/2`` per example and
+        dimension, ``v`` the network's variance channels; ``log beta~`` is clipped at index 0 (to its
+        value at index 1) as in :meth:`q_posterior`.
+        """
+        idx = self._integer_t(x_t, t)
+        if self.variance != "learned":
+            return _bcast(self.reverse_log_variance()[idx], x_t)
+        if v is None or v.shape != x_t.shape:
+            got = None if v is None else tuple(v.shape)
+            raise ValueError(
+                f"variance='learned' needs the network's variance channels v of shape {tuple(x_t.shape)}, "
+                f"got {got}"
+            )
+        log_small = _bcast(torch.log(self._clipped_posterior_variance()[idx]), x_t)
+        log_large = _bcast(torch.log(self.schedule.betas[idx]), x_t)
+        return learned_log_variance(v, log_small, log_large)
+
     # ----------------------------------------------------------------- reverse process
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
-        return Denoiser(model, self.schedule, self.prediction, clip)
+        """``model`` seen as ``(x_t, t) -> (x0_hat, eps_hat)``; with ``variance="learned"`` it splits the
+        ``2 C`` output channels into the prediction and ``v`` (:meth:`Denoiser.predict`)."""
+        return Denoiser(model, self.schedule, self.prediction, clip, self.variance == "learned")
 
     def p_mean_variance(
         self, model: Model, x_t: torch.Tensor, t, clip: tuple[float, float] | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """``p_theta(x_{t-1} | x_t) = N(mu_theta, sigma_t^2 I)`` with ``mu_theta = mu~(x_t, x0_hat)``.
 
-        Returns ``(mean, log_variance, x0_hat)``.
+        Returns ``(mean, log_variance, x0_hat)``; ``log_variance`` is :meth:`model_log_variance`.
         """
         idx = self._integer_t(x_t, t)
-        x0_hat, _ = self.denoiser(model, clip)(x_t, idx.to(torch.float64))
+        x0_hat, _, v = self.denoiser(model, clip).predict(x_t, idx.to(torch.float64))
         mean, _, _ = self.q_posterior(x0_hat, x_t, idx)
-        log_var = _bcast(self.reverse_log_variance()[idx], x_t).expand_as(x_t)
+        log_var = self.model_log_variance(idx, x_t, v).expand_as(x_t)
         return mean, log_var, x0_hat
 
     # ----------------------------------------------------------------- training
@@ -165,24 +205,30 @@ class GaussianDiffusion:
         t: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        *,
+        objective: str | Objective | None = None,
+        weighting: str | None = None,
     ) -> torch.Tensor:
-        """``L_simple``: ``|| target - model(x_t, t) ||^2`` averaged over dimensions, shape ``[B]``.
+        """The per-example training loss, shape ``[B]``.
 
-        ``t`` is drawn uniformly from ``{0, ..., T-1}`` (Algorithm 1) unless given; the target is
-        ``eps``, ``x0`` or ``v`` as the prediction says.
+        By default ``L_simple``: ``|| target - model(x_t, t) ||^2`` averaged over dimensions, the
+        target being ``eps``, ``x0`` or ``v`` as the prediction says. ``objective`` (default: the
+        diffusion's) may name ``"simple"``, ``"hybrid"`` or ``"vlb"`` or be an
+        :class:`~difflab.objectives.Objective`; ``weighting`` (``"none"``, ``"min_snr"``, ``"p2"``)
+        replaces its weighting. Definitions, units and equations: :mod:`difflab.objectives`.
+        ``t`` is drawn uniformly from ``{0, ..., T-1}`` (Algorithm 1) unless given.
         """
         if x0.dim() < 2:
             raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
+        obj = Objective.of(objective, self.objective)
+        if weighting is not None:
+            obj = replace(obj, weighting=weighting)
         B = x0.shape[0]
         if t is None:
             t = self.sample_t(B, generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        x_t = self.q_sample(x0, t, noise)
-        alpha, sigma = self.alpha_sigma(t, x0)
-        out = self.denoiser(model).raw(x_t, self._t_for(x0, t))
-        target = target_of(self.prediction, x0, noise, alpha, sigma)
-        return (out - target).pow(2).flatten(1).mean(1)
+        return objectives.loss(self, model, x0, t, noise, obj)
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training times ``t ~ U{0, ..., T-1}`` (Algorithm 1), int64 ``[batch]`` on the CPU; the
@@ -257,6 +303,29 @@ class GaussianDiffusion:
     def bits_per_dim(self, model: Model, x0: torch.Tensor, **kwargs) -> torch.Tensor:
         """The variational bound ``L_T + sum L_{t-1} + L_0`` in bits per dimension, ``[B]``."""
         return self.vlb_terms(model, x0, **kwargs).total
+
+    # ----------------------------------------------------------------- probability-flow likelihood
+    def ode_view(self, model: Model):
+        """This process seen by the probability-flow ODE: an :class:`~difflab.ode_likelihood.ODEView`
+        with ``lambda_start = lambda(0)``, ``lambda_end = lambda(T-1)`` and ``eps(x, lam)`` evaluating
+        the model at the model time of ``lam`` (inverting the interpolated log-SNR)."""
+        from . import ode_likelihood
+
+        return ode_likelihood.denoiser_view(self, model)
+
+    def ode_nll(self, model: Model, x: torch.Tensor, **kwargs) -> torch.Tensor | tuple:
+        """``-log p(x)`` in nats ``[B]`` through the probability-flow ODE; see
+        :func:`difflab.ode_likelihood.ode_nll` for the equations and options."""
+        from . import ode_likelihood
+
+        return ode_likelihood.ode_nll(self, model, x, **kwargs)
+
+    def ode_bits_per_dim(self, model: Model, x0: torch.Tensor, **kwargs) -> torch.Tensor | tuple:
+        """Bits/dim of grid data ``x0`` by dequantization and the probability-flow ODE (an upper bound
+        on ``-log P(x0)``); see :func:`difflab.ode_likelihood.ode_bits_per_dim`."""
+        from . import ode_likelihood
+
+        return ode_likelihood.ode_bits_per_dim(self, model, x0, **kwargs)
 
 
 __all__ = ["GaussianDiffusion", "transition_variance"]

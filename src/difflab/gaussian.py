@@ -49,6 +49,20 @@ def transition_variance(alpha_t, sigma_t, alpha_s, sigma_s) -> torch.Tensor:
     return sigma_t**2 - (alpha_t / alpha_s) ** 2 * sigma_s**2
 
 
+def learned_log_variance(v: torch.Tensor, log_small, log_large) -> torch.Tensor:
+    """Improved DDPM's learned reverse variance (Nichol & Dhariwal 2021, eq. 15):
+
+        log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t,     frac = (v + 1) / 2,
+
+    an interpolation in the log domain between the two fixed choices, ``log_small = log beta~_t``
+    (``v = -1``) and ``log_large = log beta_t`` (``v = 1``), both broadcast against ``v``. ``v`` is the
+    network's raw output, nominally in ``[-1, 1]``; like the paper it is not clamped, so values
+    outside extrapolate (still a valid Gaussian, the objective keeps them in range in practice).
+    """
+    frac = (v + 1) / 2
+    return frac * log_large + (1 - frac) * log_small
+
+
 def check_prediction(prediction: str) -> str:
     if prediction not in PREDICTIONS:
         raise ValueError(

@@ -13,6 +13,10 @@ sharpens the class (the DDPM-paper convention ``eps = (1 + w) eps_cond - w eps_u
 the output with coefficients that do not depend on it. Both halves come from one batched forward
 pass over ``[x; x]`` with labels ``[y; null]``, so a guided step costs one network call on a doubled
 batch (one evaluation in a :class:`~difflab.Denoiser`'s ``nfe``).
+
+A network with learned variances returns ``2 C`` channels ``[prediction, v]`` (dimension 1): only the
+prediction is guided; the variance channels are the conditional model's (as GLIDE does), since an
+extrapolated ``v`` would leave the range the variance was trained on.
 """
 
 from __future__ import annotations
@@ -60,7 +64,11 @@ class ClassifierFreeGuidance:
         null = torch.full_like(y, self.null_class)
         out = self.model(torch.cat([x, x]), torch.cat([t, t]), y=torch.cat([y, null]))
         cond, uncond = out[:B], out[B:]
-        return uncond + self.scale * (cond - uncond)
+        guided = uncond + self.scale * (cond - uncond)
+        C = x.shape[1] if x.dim() >= 2 else 0
+        if C and out.dim() == x.dim() and out.shape[1] == 2 * C:  # [prediction, v]: keep v conditional
+            guided = torch.cat([guided[:, :C], cond[:, C:]], 1)
+        return guided
 
 
 def cfg(model: ConditionalModel, y, scale: float, null_class: int) -> ClassifierFreeGuidance:

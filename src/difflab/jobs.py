@@ -30,6 +30,8 @@ from .train.checkpoint import atomic_write, load_weights
 from .train.trainer import Trainer
 
 IMAGE_CLIP = (-1.0, 1.0)
+# processes with a variational bound: the DDPM chain and continuous-time VDM (VE/EDM have none)
+BOUND_PROCESSES = ("vp", "vdm")
 ETA_SAMPLERS = ("ddim", "dpm++3m", "dpm++2m-sde")
 
 
@@ -66,7 +68,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     _set_threads(cfg)
     torch.manual_seed(cfg.train.seed)
     splits = build_splits(cfg)
-    diffusion = build_diffusion(cfg)
+    diffusion = build_diffusion(cfg, splits)
     model = build_model(cfg, splits.shape)
     extra: dict[str, Any] = {}
     if cfg.model.num_classes > 0:
@@ -115,7 +117,10 @@ def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]
     splits = build_splits(cfg)
     model = build_model(cfg, splits.shape)
     model.load_state_dict(load_weights(run_dir))
-    return cfg, build_diffusion(cfg), model.eval(), splits
+    diffusion = build_diffusion(cfg, splits)
+    if cfg.diffusion.process == "vdm":  # the trained schedule lives in the model: q_sample, strips follow it
+        diffusion.bind(model)
+    return cfg, diffusion, model.eval(), splits
 
 
 def sample(
@@ -313,7 +318,7 @@ def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     cfg = config_mod.load(str(run_dir / "config.toml")) if (run_dir / "config.toml").is_file() else None
     if cfg is None:
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
-    has_bound = cfg.diffusion.process == "vp"  # the discrete bound is defined for the DDPM chain only
+    has_bound = cfg.diffusion.process in BOUND_PROCESSES
     if cfg.model.kind == "mlp":
         m = sliced(run_dir)
         return bound(run_dir, progress=progress) if has_bound else m

@@ -66,6 +66,38 @@ def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
     return normal_kl(mean, logvar, zero, zero).flatten(1).sum(1)
 
 
+def term_nats(
+    diffusion: GaussianDiffusion,
+    x0: torch.Tensor,
+    x_t: torch.Tensor,
+    t: torch.Tensor,
+    x0_hat: torch.Tensor,
+    log_var: torch.Tensor,
+    bins: int = 256,
+    decoder: str = "discretized",
+) -> torch.Tensor:
+    """The bound's term at integer model index ``t`` (``[N]``) for one draw ``x_t``, nats ``[N]``.
+
+    With ``p_theta(x_{t-1} | x_t) = N(mu~(x_t, x0_hat), e^log_var)`` (``log_var`` broadcast to
+    ``x_t``): ``KL(q(x_{t-1} | x_t, x_0) || p_theta(x_{t-1} | x_t))`` summed over dimensions for
+    ``t >= 1`` (the notes' ``L_{t-1}``), and the decoder ``-log p_theta(x_0 | x_1)`` (``L_0``,
+    discretized on ``bins`` levels or a Gaussian density) at ``t = 0``. Gradients flow through
+    ``x0_hat`` and ``log_var``.
+    """
+    if decoder not in DECODERS:
+        raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
+    true_mean, _, true_log_var = diffusion.q_posterior(x0, x_t, t)
+    model_mean, _, _ = diffusion.q_posterior(x0_hat, x_t, t)
+    log_var = log_var.expand_as(x_t)
+    kl = normal_kl(true_mean, true_log_var.to(x_t.dtype), model_mean, log_var)
+    if decoder == "discretized":
+        nll0 = -discretized_gaussian_log_likelihood(x0, model_mean, log_var, bins)
+    else:
+        nll0 = -gaussian_log_density(x0, model_mean, log_var)
+    at_zero = (torch.as_tensor(t) == 0).to(x_t.device).reshape(-1, *([1] * (x_t.dim() - 1)))
+    return torch.where(at_zero, nll0, kl).flatten(1).sum(1)
+
+
 @torch.no_grad()
 def vlb_terms(
     diffusion: GaussianDiffusion,
@@ -93,7 +125,6 @@ def vlb_terms(
         raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
     B, T = x0.shape[0], diffusion.timesteps
     den = diffusion.denoiser(model, clip)
-    log_var_p = diffusion.reverse_log_variance()
     chunk = max(1, max_batch // B)
     terms = torch.empty(B, T, dtype=torch.float64)
     starts = range(0, T, chunk)
@@ -108,21 +139,10 @@ def vlb_terms(
         x = x0.repeat(n, *([1] * (x0.dim() - 1)))
         noise = torch.randn(x.shape, generator=generator, device="cpu", dtype=x.dtype).to(x.device)
         x_t = diffusion.q_sample(x, t, noise)
-        x0_hat, _ = den(x_t, t.to(torch.float64))
-        true_mean, _, true_log_var = diffusion.q_posterior(x, x_t, t)
-        model_mean, _, _ = diffusion.q_posterior(x0_hat, x_t, t)
-        lv = log_var_p[t].to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
-        kl = normal_kl(
-            true_mean.double(), true_log_var.double(), model_mean.double(), lv.double()
-        )
-        if decoder == "discretized":
-            nll0 = -discretized_gaussian_log_likelihood(
-                x.double(), model_mean.double(), lv.double().expand_as(x), bins
-            )
-        else:
-            nll0 = -gaussian_log_density(x.double(), model_mean.double(), lv.double())
-        at_zero = (t == 0).to(x.device).reshape(-1, *([1] * (x.dim() - 1)))
-        per = torch.where(at_zero, nll0, kl).flatten(1).sum(1)
+        x0_hat, _, v = den.predict(x_t, t.to(torch.float64))
+        log_var = diffusion.model_log_variance(t, x_t, v)  # per example (and dimension if learned)
+        per = term_nats(diffusion, x.double(), x_t.double(), t, x0_hat.double(), log_var.double(),
+                        bins=bins, decoder=decoder)
         terms[:, start : start + n] = per.reshape(n, B).T.cpu()
     scale = 1.0 / (_dims(x0) * math.log(2.0))
     prior = prior_kl(diffusion, x0).cpu() * scale

@@ -45,7 +45,7 @@ import torch
 
 from .denoiser import Denoiser, Model, _bcast
 from .diffusion import GaussianDiffusion
-from .samplers import VARIANCES
+from .samplers import FIXED_VARIANCES
 from .samplers.levels import Levels, time_of_sigma_ve
 from .samplers.ve import check_positive
 from .schedules import DiscreteSchedule
@@ -193,8 +193,11 @@ class SigmaDiffusion(GaussianDiffusion):
     ``denoiser``). ``prediction`` is ``"x0"``: the preconditioned network is a denoiser ``D``."""
 
     def __init__(self, precond: Precond, variance: str = "fixed_small"):
-        if variance not in VARIANCES:
-            raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+        if variance not in FIXED_VARIANCES:
+            raise ValueError(
+                f"unknown variance {variance!r} for a variance-exploding process; choose one of "
+                f"{', '.join(FIXED_VARIANCES)} (learned variances belong to the DDPM chain, process 'vp')"
+            )
         self.schedule = precond.schedule
         self.schedule_name = "geometric"
         self.timesteps = self.schedule.timesteps

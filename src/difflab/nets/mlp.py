@@ -45,10 +45,18 @@ class MLPDenoiser(nn.Module):
         depth: number of residual blocks (``>= 0``).
         emb_dim: width of the time embedding.
         timesteps: ``T``, the number of discrete diffusion steps the model is trained with.
+        learn_sigma: also predict the variance interpolation ``v`` (output ``[B, 2 dim]``, improved
+            DDPM; use with ``GaussianDiffusion(variance="learned")``).
     """
 
     def __init__(
-        self, dim: int = 2, hidden: int = 256, depth: int = 4, emb_dim: int = 128, timesteps: int = 1000
+        self,
+        dim: int = 2,
+        hidden: int = 256,
+        depth: int = 4,
+        emb_dim: int = 128,
+        timesteps: int = 1000,
+        learn_sigma: bool = False,
     ):
         super().__init__()
         for label, value, low in (
@@ -62,16 +70,18 @@ class MLPDenoiser(nn.Module):
                 raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
         self.dim = dim
         self.timesteps = timesteps
+        self.learn_sigma = bool(learn_sigma)
         self.time_embed = TimestepEmbedding(emb_dim, out_dim=emb_dim, hidden=emb_dim)
         self.inp = nn.Linear(dim, hidden)
         self.blocks = nn.ModuleList(ResidualBlock(hidden, emb_dim) for _ in range(depth))
         self.out_norm = nn.LayerNorm(hidden)
-        self.out = nn.Linear(hidden, dim)
+        self.out = nn.Linear(hidden, 2 * dim if learn_sigma else dim)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Predict ``[B, dim]`` from ``x_t`` ``[B, dim]`` and timestep indices ``t`` ``[B]``."""
+        """Predict ``[B, dim]`` (``[B, 2 dim]`` with ``learn_sigma``) from ``x_t`` ``[B, dim]`` and
+        timestep indices ``t`` ``[B]``."""
         if x.dim() != 2 or x.shape[1] != self.dim:
             raise ValueError(f"x must have shape [B, {self.dim}], got {tuple(x.shape)}")
         t = torch.as_tensor(t, device=x.device)

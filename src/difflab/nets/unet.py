@@ -54,7 +54,7 @@ from torch import nn
 
 from .embeddings import TimestepEmbedding
 
-__all__ = ["UNet", "unet_from_config"]
+__all__ = ["UNet", "fourier_features", "unet_from_config"]
 
 
 class GroupNorm(nn.GroupNorm):
@@ -255,6 +255,22 @@ class Upsample(nn.Module):
         return F.conv_transpose2d(x, kernel, self.conv.bias, stride=2, padding=1)
 
 
+def fourier_features(x: torch.Tensor, exponents: Sequence[int]) -> torch.Tensor:
+    """VDM's Fourier features of the input (Kingma et al. 2021, sec. 3.4 and appendix C, eq. 34): for each
+    exponent ``n`` the channels ``sin(2^n pi x)`` and ``cos(2^n pi x)``, which let the network resolve
+    the fine detail of ``x`` (the grid of 8-bit data has step ``2/255``; VDM uses ``n = 7, 8``).
+
+    Returns ``[B, 2 C len(exponents), H, W]``: all sines, then all cosines, each channel-major
+    (channel ``c``'s features for every exponent in order, then channel ``c + 1``'s), as the official
+    code lays them out. Computed in float64 (``2^8 pi x`` reaches 800, where float32 rounds at 6e-5)
+    and returned in ``x``'s dtype.
+    """
+    freqs = torch.tensor([2.0**n * math.pi for n in exponents], dtype=torch.float64, device=x.device)
+    h = x.to(torch.float64).unsqueeze(2) * freqs.reshape(1, 1, -1, 1, 1)  # [B, C, N, H, W]
+    h = h.flatten(1, 2)
+    return torch.cat([torch.sin(h), torch.cos(h)], dim=1).to(x.dtype)
+
+
 def _int(label: str, value, low: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
@@ -285,6 +301,9 @@ class UNet(nn.Module):
         head_channels: channels per attention head (overrides ``num_heads`` when > 0).
         timesteps: ``T``, the number of discrete diffusion steps; ``t`` is rescaled by ``1000 / T``.
         groups: GroupNorm groups (reduced to a divisor of each width).
+        fourier_features: exponents ``n`` of VDM's input features ``sin(2^n pi x)``, ``cos(2^n pi x)``
+            (:func:`fourier_features`; VDM: ``(7, 8)``), appended to the input channels before the first
+            conv, which then reads ``in_channels (1 + 2 len(fourier_features))`` channels. ``()``: none.
     """
 
     def __init__(
@@ -304,6 +323,7 @@ class UNet(nn.Module):
         head_channels: int = 0,
         timesteps: int = 1000,
         groups: int = 32,
+        fourier_features: Sequence[int] = (),
     ):
         super().__init__()
         _int("in_channels", in_channels, 1)
@@ -314,6 +334,12 @@ class UNet(nn.Module):
         _int("head_channels", head_channels, 0)
         _int("timesteps", timesteps, 1)
         _int("groups", groups, 1)
+        fourier = tuple(fourier_features)
+        if any(isinstance(n, bool) or not isinstance(n, int) or not -16 <= n <= 16 for n in fourier):
+            raise ValueError(
+                f"fourier_features must be a list of integer exponents n in [-16, 16] (features "
+                f"sin/cos(2^n pi x); VDM uses [7, 8]), got {fourier_features!r}"
+            )
         mult = tuple(channel_mult)
         if not mult or any(isinstance(m, bool) or not isinstance(m, int) or m < 1 for m in mult):
             raise ValueError(f"channel_mult must be a non-empty list of integers >= 1, got {channel_mult!r}")
@@ -343,6 +369,7 @@ class UNet(nn.Module):
         _int("out_channels", out_channels, 1)
 
         self.in_channels, self.out_channels = in_channels, out_channels
+        self.fourier_features = fourier
         self.image_size, self.timesteps = size, timesteps
         self.num_classes, self.learn_sigma = num_classes, learn_sigma
         emb_dim = 4 * channels
@@ -361,7 +388,7 @@ class UNet(nn.Module):
 
         self.time_embed = TimestepEmbedding(channels, out_dim=emb_dim, hidden=emb_dim)
         self.class_embed = nn.Embedding(num_classes + 1, emb_dim) if num_classes else None
-        self.input = nn.Conv2d(in_channels, channels, 3, padding=1)
+        self.input = nn.Conv2d(in_channels * (1 + 2 * len(fourier)), channels, 3, padding=1)
 
         self.down = nn.ModuleList()
         skip_ch, ch = [channels], channels
@@ -441,6 +468,8 @@ class UNet(nn.Module):
         if y is not None:
             emb = emb + self.class_embed(y)
         emb_act = F.silu(emb)  # every block reads SiLU(emb); compute it once
+        if self.fourier_features:
+            x = torch.cat([x, fourier_features(x, self.fourier_features)], dim=1)
         h = self.input(x)
         skips = [h]
         for layers in self.down:
@@ -474,4 +503,5 @@ def unet_from_config(model_cfg, image_shape: Sequence[int], timesteps: int) -> U
         learn_sigma=model_cfg.learn_sigma,
         num_classes=model_cfg.num_classes,
         timesteps=timesteps,
+        fourier_features=tuple(getattr(model_cfg, "fourier_features", ())),
     )

@@ -20,7 +20,7 @@ ode             adaptive (+1)               RK45 on the probability-flow ODE (:m
 ==============  ==========================  =================================================
 """
 
-from .ddpm import VARIANCES, ancestral, ddim
+from .ddpm import FIXED_VARIANCES, VARIANCES, ancestral, ddim
 from .dpmsolver import dpmpp_2m, dpmpp_2m_sde, dpmpp_3m
 from .edm import euler, heun
 from .levels import (
@@ -71,6 +71,7 @@ DEFAULT_SPACING = {
 
 __all__ = [
     "DEFAULT_SPACING",
+    "FIXED_VARIANCES",
     "SAMPLERS",
     "SPACINGS",
     "VARIANCES",

@@ -3,6 +3,8 @@
 Both are pure functions of ``(denoiser, x_T, levels)``. Respacing is exact: a step from level ``t``
 to an earlier level ``s`` uses ``alpha_{t|s} = alpha_t/alpha_s`` and the respaced
 ``beta = 1 - alpha_t^2/alpha_s^2``, so the posterior variance is recomputed for the shorter chain.
+A learned variance (improved DDPM, Nichol & Dhariwal 2021, sec. 3.1 and 4) interpolates, in the log
+domain, between that respaced ``beta`` and the respaced posterior variance ``beta~``.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ from __future__ import annotations
 import torch
 
 from ..denoiser import Denoiser
-from ..gaussian import posterior_coefficients, transition_variance
+from ..gaussian import learned_log_variance, posterior_coefficients, transition_variance
 from .levels import Levels
 
-VARIANCES = ("fixed_small", "fixed_large")
+#: reverse variances of ancestral sampling; ``learned`` needs a network with variance channels
+VARIANCES = ("fixed_small", "fixed_large", "learned")
+FIXED_VARIANCES = ("fixed_small", "fixed_large")
 
 
 def _progress(it, total: int, enabled: bool, desc: str):
@@ -41,21 +45,39 @@ def ancestral(
 ) -> torch.Tensor:
     """DDPM Algorithm 2: ``x_s = mu~(x_t, x0_hat) + sigma z`` for each step ``t -> s``.
 
-    ``mu~`` is the posterior mean with the model's ``x0_hat``; ``sigma^2`` is ``beta~`` (fixed_small)
-    or the respaced ``beta`` (fixed_large). The noise is scaled by the standard deviation, not by
-    the variance (seed 001 writes ``sigma_t^2 z``). No noise is added on the step to the data.
-    ``callback(i, x)``, if given, sees the state after step ``i`` (1-based).
+    ``mu~`` is the posterior mean with the model's ``x0_hat``; ``sigma^2`` is ``beta~`` (fixed_small),
+    the respaced ``beta`` (fixed_large) or, for a network with variance channels ``v`` (learned),
+    improved DDPM's eq. 15 on the respaced chain: ``log sigma^2 = frac log beta + (1 - frac) log beta~``
+    with ``frac = (v + 1)/2`` (per example and dimension). The noise is scaled by the standard
+    deviation, not by the variance (seed 001 writes ``sigma_t^2 z``). No noise is added on the step
+    to the data. ``callback(i, x)``, if given, sees the state after step ``i`` (1-based).
     """
     if variance not in VARIANCES:
         raise ValueError(f"unknown variance {variance!r}; choose one of {', '.join(VARIANCES)}")
+    learned = variance == "learned"
+    if learned and not getattr(denoiser, "learned_variance", False):
+        raise ValueError(
+            "variance='learned' needs a network that outputs variance channels: a Denoiser with "
+            "learned_variance=True, as GaussianDiffusion(variance='learned').denoiser(model) makes"
+        )
     steps = _progress(levels.pairs(), len(levels), progress, "ancestral")
     for i, (t, a_t, s_t, a_s, s_s) in enumerate(steps, 1):
-        x0, _ = denoiser(x, t)
+        if learned:
+            x0, _, v = denoiser.predict(x, t)
+        else:
+            x0, _ = denoiser(x, t)
         c0, ct, post_var = posterior_coefficients(a_t, s_t, a_s, s_s)
         x = c0.to(x.dtype) * x0 + ct.to(x.dtype) * x
         if float(s_s) > 0:
-            var = post_var if variance == "fixed_small" else transition_variance(a_t, s_t, a_s, s_s)
-            x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
+            if learned:
+                beta = transition_variance(a_t, s_t, a_s, s_s)
+                log_var = learned_log_variance(
+                    v, torch.log(post_var).to(x.dtype), torch.log(beta).to(x.dtype)
+                )
+                x = x + torch.exp(0.5 * log_var) * _noise(x, generator)
+            else:
+                var = post_var if variance == "fixed_small" else transition_variance(a_t, s_t, a_s, s_s)
+                x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
         if callback is not None:
             callback(i, x)
     return x

@@ -98,8 +98,13 @@ def time_of_log_snr(schedule: DiscreteSchedule, lam) -> torch.Tensor:
     ``lambda`` exactly (so ``schedule.log_snr(time_of_log_snr(schedule, lam)) == lam``).
 
     ``lam`` must lie in ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped); outside it
-    there is no model time to evaluate the network at, and a ``ValueError`` names the range.
+    there is no model time to evaluate the network at, and a ``ValueError`` names the range. A schedule
+    with a method of this name (continuous time: :class:`~difflab.learned_schedule.ContinuousScheduleView`)
+    inverts its own ``lambda`` exactly.
     """
+    exact = getattr(schedule, "time_of_log_snr", None)
+    if callable(exact):
+        return exact(lam)
     lam = torch.as_tensor(lam, dtype=torch.float64)
     lo, hi = float(schedule.lambdas[-1]), float(schedule.lambdas[0])
     slack = 1e-9 * (hi - lo)

@@ -3,6 +3,10 @@
     repeat: x_0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I);
             gradient step on || target - model(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
 
+(the loss is the diffusion's objective, :mod:`difflab.objectives`; with ``train.t_sampler =
+"importance"`` ``t`` is drawn with probability ``p_t ~ sqrt(E[L_t^2])`` and each example's loss is
+weighted by ``1/(T p_t)``, improved DDPM eq. 17.)
+
 AdamW with linear warm-up then cosine (or constant) learning rate, gradient clipping, gradient
 accumulation, an EMA of the weights, bf16 autocast, channels-last images, optional ``torch.compile``,
 class labels with label dropout (classifier-free guidance), a progress bar, a CSV log (and
@@ -35,6 +39,7 @@ from torch import nn
 
 from ..config import TrainConfig
 from ..diffusion import GaussianDiffusion
+from ..objectives import T_SAMPLERS, make_t_sampler
 from . import checkpoint as ckpt
 from . import rng
 from .distributed import setup, wrap
@@ -80,6 +85,8 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
             f"train.precision must be one of {', '.join(PRECISIONS)}, got {cfg.precision!r} "
             "(fp16 would need loss scaling; use bf16)"
         )
+    if cfg.t_sampler not in T_SAMPLERS:
+        raise ValueError(f"train.t_sampler must be one of {', '.join(T_SAMPLERS)}, got {cfg.t_sampler!r}")
     if not 0.0 <= cfg.label_dropout < 1.0:
         raise ValueError(f"train.label_dropout must lie in [0, 1), got {cfg.label_dropout!r}")
     lr_factor(0, cfg, 0.0)
@@ -101,6 +108,10 @@ class Trainer:
             ``cfg.label_dropout`` substitutes (classifier-free guidance).
         on_sample: ``on_sample(step, ema_model)`` called on rank 0 every ``cfg.sample_every`` steps,
             under ``torch.no_grad`` and with the RNG states restored afterwards.
+        t_sampler: draws the training ``t`` and its loss weights (``sample(batch, generator) ->
+            (t, weights)``, ``update(t, losses)``, ``state_dict()``); default: the one
+            ``cfg.t_sampler`` names (:func:`difflab.objectives.make_t_sampler`). Its state is
+            checkpointed.
     """
 
     def __init__(
@@ -115,6 +126,7 @@ class Trainer:
         labels: torch.Tensor | None = None,
         num_classes: int | None = None,
         on_sample: Callable[[int, nn.Module], Any] | None = None,
+        t_sampler: Any = None,
     ):
         if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] < 1:
             got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
@@ -145,6 +157,7 @@ class Trainer:
         self.step = 0
         self.seconds = 0.0  # training time over all runs of this checkpoint line
         self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.t_sampler = make_t_sampler(cfg.t_sampler, diffusion) if t_sampler is None else t_sampler
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
 
@@ -187,6 +200,7 @@ class Trainer:
             "world_size": self.dist.world_size,
             "train_config": asdict(self.cfg),
             "config": self.config,
+            "t_sampler": self.t_sampler.state_dict(),
         }
 
     def save(self) -> Path | None:
@@ -216,6 +230,9 @@ class Trainer:
             rng.restore(state["rng"])
         else:  # format 1
             torch.set_rng_state(state["torch_rng"])
+        saved = state.get("t_sampler")
+        if saved is not None and saved.get("kind") == self.t_sampler.state_dict().get("kind"):
+            self.t_sampler.load_state_dict(saved)  # else (older checkpoint, other sampler): start afresh
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
         if self.dist.is_main:
@@ -232,7 +249,8 @@ class Trainer:
         """This rank's rows of the global batch, drawn identically on every rank."""
         B, data = self.cfg.batch_size, self.data
         idx = torch.randint(0, data.shape[0], (B,), generator=self.gen)
-        t = self.diffusion.sample_t(B, self.gen)  # U{0..T-1}; EDM: log-normal sigma as model time
+        # U{0..T-1} (EDM: log-normal sigma as model time) with weights 1, or importance-sampled t
+        t, weights = self.t_sampler.sample(B, self.gen)
         noise = torch.randn((B, *data.shape[1:]), generator=self.gen, dtype=data.dtype)
         y = None
         if self.labels is not None:
@@ -247,12 +265,14 @@ class Trainer:
         if self.cfg.channels_last:
             x0 = x0.contiguous(memory_format=torch.channels_last)
             noise = noise.contiguous(memory_format=torch.channels_last)
-        return x0, t[mine], noise, None if y is None else y[mine].to(self.device), idx[mine]
+        y = None if y is None else y[mine].to(self.device)
+        return x0, t, weights[mine].to(self.device), noise, y, idx[mine], mine
 
     def _micro_loss(self, x0, t, noise, y) -> torch.Tensor:
+        """The per-example (unweighted) losses ``[m]`` of one micro-batch, float32."""
         net = self._forward if y is None else functools.partial(self._forward, y=y)
         with self._autocast():
-            return self.diffusion.loss(net, x0, t=t, noise=noise).float().mean()
+            return self.diffusion.loss(net, x0, t=t, noise=noise).float()
 
     @contextmanager
     def _compile_errors(self):
@@ -274,7 +294,10 @@ class Trainer:
         lr = cfg.lr * lr_factor(self.step, cfg, progress)
         for group in self.opt.param_groups:
             group["lr"] = lr
-        x0, t, noise, y, rows = self._draw()
+        x0, t_all, w, noise, y, rows, mine = self._draw()
+        t = t_all[mine]
+        learns = getattr(self.t_sampler, "learns", False)
+        seen = torch.zeros(t_all.shape[0], dtype=torch.float64, device=self.device) if learns else None
         finite_rows = torch.isfinite(x0.flatten(1)).all(1)
         m = x0.shape[0] // A
         self.opt.zero_grad(set_to_none=True)
@@ -284,9 +307,12 @@ class Trainer:
                 part = slice(k * m, (k + 1) * m)
                 last = k == A - 1
                 with self.net.no_sync() if self.dist.enabled and not last else nullcontext():
-                    loss = self._micro_loss(x0[part], t[part], noise[part], None if y is None else y[part])
+                    per = self._micro_loss(x0[part], t[part], noise[part], None if y is None else y[part])
+                    loss = (per * w[part].to(per.dtype)).mean() if learns else per.mean()
                     (loss / A).backward()
                 total += loss.detach().double()
+                if seen is not None:  # this rank's rows of the global batch
+                    seen[mine.start + k * m : mine.start + (k + 1) * m] = per.detach().double()
         n_bad = (~finite_rows).sum().to(torch.float64)
         loss_sum, n_bad = self.dist.all_reduce_sum(torch.stack([total / A, n_bad])).tolist()
         where = f"optimizer step {self.step + 1}"
@@ -300,6 +326,8 @@ class Trainer:
         loss = loss_sum / self.dist.world_size
         if not math.isfinite(loss):
             raise TrainingError(f"{where}: the loss is {loss}; {kept} (lower train.lr or check the model)")
+        if seen is not None:  # every rank's sampler sees the whole batch's unweighted losses, in order
+            self.t_sampler.update(t_all, self.dist.all_reduce_sum(seen).cpu())
         clip = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
         norm = float(nn.utils.clip_grad_norm_(self.model.parameters(), clip))
         if not math.isfinite(norm):

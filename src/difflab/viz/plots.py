@@ -30,10 +30,15 @@ def scatter_compare(
     lim = float(torch.quantile(data.abs().flatten().float(), 0.999)) * 1.3
     axes[0].set_xlim(-lim, lim)
     axes[0].set_ylim(-lim, lim)
+    return save_figure(fig, path, title)
+
+
+def save_figure(fig, path: str | Path, title: str = "") -> Path:
+    """Title, tighten, write as PNG and close a figure; returns the path."""
     if title:
         fig.suptitle(title)
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path

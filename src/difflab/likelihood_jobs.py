@@ -1,0 +1,141 @@
+"""Run-folder jobs for likelihood: the probability-flow ODE bits/dim and the plot of the bound's terms.
+
+``difflab eval bpd --ode`` adds :func:`ode_bound`'s figures to ``metrics.json`` next to the
+variational bound of :func:`difflab.jobs.bound`; ``difflab viz vlb`` draws :func:`vlb_figure`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import jobs
+from .ode_likelihood import ode_bits_per_dim, ode_nll
+from .viz.vlb import BoundCurve, continuous_curve, curve_from_terms, plot_vlb
+
+LIKELIHOOD_PROCESSES = ("vp", "vdm")
+
+
+def _check_process(cfg, what: str) -> None:
+    if cfg.diffusion.process not in LIKELIHOOD_PROCESSES:
+        raise ValueError(
+            f"{what} needs a variance-preserving process ({', '.join(LIKELIHOOD_PROCESSES)}); this run "
+            f"uses diffusion.process = {cfg.diffusion.process!r}"
+        )
+
+
+def _split(splits, split: str) -> torch.Tensor:
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train or test")
+    return splits.test if split == "test" else splits.train
+
+
+def ode_bound(
+    run_dir: str | Path,
+    split: str = "test",
+    n: int | None = None,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    batch: int = 64,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Negative log-likelihood through the probability-flow ODE on ``n`` examples of a split.
+
+    Images: bits/dim of the discrete data under uniform dequantization on the data's grid
+    (:func:`~difflab.ode_likelihood.ode_bits_per_dim`, Hutchinson's divergence with one Rademacher
+    probe per example). 2-D data: nats/dim of the density with the exact divergence. Adds
+    ``ode_*`` keys to ``metrics.json``; the standard error is over examples (it includes the probe
+    noise).
+    """
+    run_dir = Path(run_dir)
+    cfg, diffusion, model, splits = jobs.load_run(run_dir)
+    _check_process(cfg, "the ODE likelihood")
+    if cfg.model.num_classes > 0:
+        raise ValueError(
+            "the ODE likelihood of class-conditional runs is not supported (model.num_classes > 0)"
+        )
+    jobs._set_threads(cfg)
+    data = _split(splits, split)[: n or cfg.eval.bound_n]
+    g = torch.Generator().manual_seed(11)
+    t0, values, nfe = time.perf_counter(), [], 0
+    starts = range(0, len(data), batch)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="ode likelihood", leave=False)
+    for start in starts:
+        x = data[start : start + batch]
+        if splits.is_image:
+            v, stats = ode_bits_per_dim(
+                diffusion, model, x, bins=splits.bins, rtol=rtol, atol=atol, divergence="hutchinson",
+                generator=g, return_stats=True,
+            )
+        else:
+            v, stats = ode_nll(diffusion, model, x, rtol=rtol, atol=atol, return_stats=True)
+            v = v / x[0].numel()
+        values.append(v.cpu())
+        nfe += stats.nfe
+    vals = torch.cat(values)
+    unit = "bits_per_dim" if splits.is_image else "nats_per_dim"
+    result = {
+        f"ode_{unit}": float(vals.mean()),
+        f"ode_{unit}_stderr": float(vals.std() / math.sqrt(len(vals))) if len(vals) > 1 else math.nan,
+        "ode_split": split,
+        "ode_points": len(vals),
+        "ode_rtol": rtol,
+        "ode_atol": atol,
+        "ode_nfe_per_batch": round(nfe / len(starts), 1),
+        "ode_seconds": round(time.perf_counter() - t0, 2),
+    }
+    return jobs._update_json(run_dir / "metrics.json", result)
+
+
+def run_curve(run_dir: str | Path, split: str = "test", n: int | None = None, label: str | None = None,
+              progress: bool = True) -> BoundCurve:
+    """The bound of one run as a :class:`~difflab.viz.vlb.BoundCurve`: the ``T`` discrete terms of a
+    DDPM run, or for a VDM run its continuous-time density over log-SNR with its prior and decoder."""
+    run_dir = Path(run_dir)
+    cfg, diffusion, model, splits = jobs.load_run(run_dir)
+    _check_process(cfg, "the bound's plot")
+    jobs._set_threads(cfg)
+    data = _split(splits, split)[: n or cfg.eval.bound_n]
+    if cfg.model.num_classes > 0 and splits.test_y is not None:
+        labels = splits.test_y if split == "test" else splits.train_y
+        model = jobs.conditional(model, labels[: len(data)])
+    kwargs = {"bins": splits.bins} if splits.is_image else {"decoder": "gaussian"}
+    g = torch.Generator().manual_seed(7)
+    terms = diffusion.vlb_terms(model, data, generator=g, progress=progress, **kwargs)
+    label = label or run_dir.name
+    if cfg.diffusion.process == "vp":
+        lam = diffusion.log_snr(torch.arange(float(diffusion.timesteps)))
+        return curve_from_terms(label, lam, terms)
+    curve = continuous_curve(
+        label, diffusion.ode_view(model), data, generator=g,
+        prior=float(terms.prior.mean()), decoder=float(terms.decoder.mean()),
+    )
+    return curve
+
+
+def vlb_figure(
+    runs: Sequence[str | Path], out: str | Path | None = None, split: str = "test", n: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Plot the bounds of one or more runs against log-SNR (``difflab viz vlb``); the figure goes to
+    ``out`` (default: ``vlb.png`` in the first run folder). Returns each run's parts in bits/dim."""
+    if not runs:
+        raise ValueError("give at least one run folder")
+    curves = [run_curve(r, split, n, progress=progress) for r in runs]
+    out = Path(out) if out else Path(runs[0]) / "vlb.png"
+    plot_vlb(curves, out, title=f"variational bound on the {split} split")
+    return {
+        "figure": str(out),
+        "runs": {
+            c.label: {"total": c.total, "prior": c.prior, "diffusion": c.diffusion, "decoder": c.decoder}
+            for c in curves
+        },
+    }
