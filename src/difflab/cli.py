@@ -111,8 +111,10 @@ def _parser() -> argparse.ArgumentParser:
     v.add_argument("--n", type=int, default=None, help="examples scored (default: eval.bound_n)")
     v.add_argument("--no-progress", action="store_true")
 
-    d = sub.add_parser("demo", help="train, sample and evaluate the bundled toy job end to end")
-    d.add_argument("--config", default="toy2d", help="preset or TOML file (default: toy2d)")
+    d = sub.add_parser("demo", help="train, sample and evaluate the bundled digits job end to end")
+    d.add_argument(
+        "--config", default="digits", help="preset or TOML file (default: digits; toy2d for the 2-D job)"
+    )
     d.add_argument("--run", "--run-dir", dest="run", default="runs/demo")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")

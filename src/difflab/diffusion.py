@@ -22,15 +22,15 @@ from .gaussian import (
     check_prediction,
     learned_log_variance,
     posterior_coefficients,
-    q_sample,
     transition_variance,
 )
 from .objectives import Objective
-from .samplers import DEFAULT_SPACING, SAMPLERS, VARIANCES, make_levels, make_timesteps
+from .process_base import ProcessBase
+from .samplers import VARIANCES
 from .schedules import DiscreteSchedule
 
 
-class GaussianDiffusion:
+class GaussianDiffusion(ProcessBase):
     """Discrete-time DDPM with ``T`` steps; model time index ``i`` in ``[0, T-1]`` is the notes' ``t = i+1``.
 
     Args:
@@ -77,32 +77,11 @@ class GaussianDiffusion:
         )
 
     # ----------------------------------------------------------------- forward process
-    def _t_for(self, x: torch.Tensor, t) -> torch.Tensor:
-        t = torch.as_tensor(t)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        if t.dim() != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"t must be a scalar or a [B] tensor with B = {x.shape[0]} (the batch of x), "
-                f"got shape {tuple(t.shape)}"
-            )
-        return self.schedule.check_t(t)
-
+    # (``q_sample`` and the model-time check ``_t_for`` come from ProcessBase)
     def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped to broadcast over ``like``."""
         alpha, sigma = self.schedule.alpha_sigma(self._t_for(like, t))
         return _bcast(alpha, like), _bcast(sigma, like)
-
-    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)`` in closed form."""
-        if noise is None:
-            noise = torch.randn_like(x0)
-        elif noise.shape != x0.shape:
-            raise ValueError(
-                f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}"
-            )
-        alpha, sigma = self.alpha_sigma(t, x0)
-        return q_sample(x0, alpha, sigma, noise)
 
     def log_snr(self, t) -> torch.Tensor:
         """``lambda_t = log(alpha_bar_t / (1 - alpha_bar_t))``; fractional ``t`` interpolates linearly."""
@@ -237,58 +216,7 @@ class GaussianDiffusion:
         return torch.randint(0, self.timesteps, (batch,), generator=generator, device="cpu")
 
     # ----------------------------------------------------------------- sampling
-    def prior_std(self, levels) -> float:
-        """Standard deviation of ``x_T ~ N(0, prior_std^2 I)`` that sampling starts from: 1 for a
-        variance-preserving process (a variance-exploding one overrides it)."""
-        return 1.0
-
-    def timesteps_for(self, steps: int | None = None, spacing: str = "uniform") -> torch.Tensor:
-        """The decreasing model times a sampler walks (``steps`` defaults to ``T``)."""
-        return make_timesteps(self.schedule, self.timesteps if steps is None else steps, spacing)
-
-    @torch.no_grad()
-    def sample(
-        self,
-        model: Model,
-        shape: tuple[int, ...],
-        sampler: str = "ancestral",
-        steps: int | None = None,
-        spacing: str | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        clip: tuple[float, float] | None = None,
-        progress: bool = False,
-        x_T: torch.Tensor | None = None,
-        return_nfe: bool = False,
-        **sampler_kwargs,
-    ):
-        """Draw ``x_0`` by running ``sampler`` from ``x_T ~ N(0, prior_std^2 I)`` over ``steps`` levels.
-
-        ``sampler`` is ``"ancestral"`` (Algorithm 2, with the diffusion's variance unless
-        ``variance=`` is passed), ``"ddim"`` (``eta=`` 0 by default) or any other name in
-        ``difflab.samplers.SAMPLERS``; extra keyword arguments are that sampler's options.
-        ``spacing=None`` uses the sampler's preferred spacing (``samplers.DEFAULT_SPACING``).
-        ``steps`` is the number of levels, not of network evaluations (Heun uses ``2 steps - 1``).
-        With ``return_nfe`` the number of network evaluations is returned as well.
-        """
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        if spacing is None:
-            spacing = DEFAULT_SPACING.get(sampler, "uniform")
-        levels = make_levels(self.schedule, self.timesteps_for(steps, spacing))
-        if x_T is None:
-            x_T = torch.randn(tuple(shape), generator=generator, device=device or "cpu", dtype=dtype)
-            x_T = x_T * self.prior_std(levels)
-        elif tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match shape {tuple(shape)}")
-        if sampler == "ancestral":
-            sampler_kwargs.setdefault("variance", self.variance)
-        den = self.denoiser(model, clip)
-        x0 = SAMPLERS[sampler](
-            den, x_T, levels, generator=generator, progress=progress, **sampler_kwargs
-        )
-        return (x0, den.nfe) if return_nfe else x0
+    # (``prior_std``, ``timesteps_for`` and ``sample`` come from ProcessBase)
 
     # ----------------------------------------------------------------- the bound
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:

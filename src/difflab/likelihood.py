@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .gaussian import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
+from .samplers.ddpm import _progress
 
 if TYPE_CHECKING:
     from .denoiser import Model
@@ -128,11 +129,7 @@ def vlb_terms(
     chunk = max(1, max_batch // B)
     terms = torch.empty(B, T, dtype=torch.float64)
     starts = range(0, T, chunk)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="bound", leave=False)
-    for start in starts:
+    for start in _progress(starts, len(starts), progress, "bound"):
         idx = torch.arange(start, min(start + chunk, T))
         n = idx.numel()
         t = idx.repeat_interleave(B)  # [n*B], timestep-major

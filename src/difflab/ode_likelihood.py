@@ -57,6 +57,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .gaussian import log_to_bits_per_dim
+from .process_base import shape_of
 from .samplers.levels import time_of_log_snr
 from .samplers.ode import ADAPTIVE
 from .samplers.ve import check_count, check_positive
@@ -122,8 +123,9 @@ def log_alpha2(lam: float) -> float:
 
 def _check_batch(x, name: str) -> None:
     if not isinstance(x, torch.Tensor) or x.dim() < 2:
-        got = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-        raise ValueError(f"{name} must be a batch tensor [B, ...] with at least 2 dimensions, got {got}")
+        raise ValueError(
+            f"{name} must be a batch tensor [B, ...] with at least 2 dimensions, got {shape_of(x)}"
+        )
     if not x.is_floating_point():
         raise ValueError(f"{name} must be a floating-point tensor, got dtype {x.dtype}")
     if not bool(torch.isfinite(x).all()):
@@ -252,8 +254,7 @@ def _integrate(
             y_in = y.detach().to(model_dtype).requires_grad_(True)
             eps = view.eps(y_in, lam)
             if not isinstance(eps, torch.Tensor) or eps.shape != y.shape:
-                got = tuple(eps.shape) if isinstance(eps, torch.Tensor) else type(eps).__name__
-                raise ValueError(f"eps(x, lam) returned {got} for x of shape {tuple(y.shape)}")
+                raise ValueError(f"eps(x, lam) returned {shape_of(eps)} for x of shape {tuple(y.shape)}")
             div = _divergence(eps, y_in, z)
         dy = 0.5 * sigma**2 * y - 0.5 * sigma * eps.detach().to(torch.float64)  # eq. (1)
         return dy, -0.5 * sigma * div  # the model's part of div f, eq. (3)

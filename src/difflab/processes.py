@@ -45,6 +45,7 @@ import torch
 
 from .denoiser import Denoiser, Model, _bcast
 from .diffusion import GaussianDiffusion
+from .process_base import check_output
 from .samplers import FIXED_VARIANCES
 from .samplers.levels import Levels, time_of_sigma_ve
 from .samplers.ve import check_positive
@@ -115,14 +116,8 @@ class Precond:
         """``F(c_in x; t)``, the raw network output, shape-checked against ``x``."""
         _, _, c_in = self._coefficients_for(x, t)
         t32 = torch.as_tensor(t, dtype=torch.float64).expand(x.shape[0]).to(x.device, torch.float32)
-        out = net(c_in * x, t32)
-        if not isinstance(out, torch.Tensor) or out.shape != x.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(
-                f"model returned {got} for an input of shape {tuple(x.shape)}; a preconditioned "
-                "network must return a tensor of the input's shape"
-            )
-        return out
+        rule = "a preconditioned network must return a tensor of the input's shape"
+        return check_output(net(c_in * x, t32), x, rule)
 
     def denoise(self, net: Model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``D(x; sigma_t) = c_skip x + c_out F(c_in x; t)``: the network as an ``x0_hat``."""

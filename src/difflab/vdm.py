@@ -63,7 +63,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .denoiser import Denoiser, Model
+from .denoiser import Denoiser, Model, _bcast
 from .gaussian import check_prediction, to_x0_eps
 from .learned_schedule import (
     GAMMA_MAX,
@@ -75,7 +75,8 @@ from .learned_schedule import (
     find_vdm_model,
     make_schedule,
 )
-from .samplers import DEFAULT_SPACING, SAMPLERS, make_levels, make_timesteps
+from .process_base import ProcessBase, check_output, shape_of, with_docstring
+from .samplers.ddpm import _progress
 
 VDM_VARIANCES = ("fixed_small", "fixed_large")
 DECODERS = ("discretized", "gaussian")
@@ -160,19 +161,11 @@ def categorical_decoder_nll(
     return torch.logsumexp(logits, -1) - logit_true
 
 
-def _shape_of(x) -> object:
-    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
-
-
 def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
     return torch.randn(tuple(shape), generator=generator, dtype=like.dtype).to(like.device)
 
 
-def _col(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return v.to(dtype=x.dtype, device=x.device).reshape(-1, *([1] * (x.dim() - 1)))
-
-
-class VDMDiffusion:
+class VDMDiffusion(ProcessBase):
     """Continuous-time VDM: the public contract of :class:`~difflab.GaussianDiffusion` (``loss``,
     ``sample_t``, ``sample``, ``q_sample``, ``vlb_terms``, ``bits_per_dim``, ``schedule``, ``timesteps``)
     with model time ``tau = (T-1) t`` (see the module docstring for every equation).
@@ -269,15 +262,7 @@ class VDMDiffusion:
 
     def _tau(self, x: torch.Tensor, t) -> torch.Tensor:
         """Model times ``[B]``, float64 on the CPU, rounded to float32 (the values the network sees)."""
-        t = torch.as_tensor(t)
-        if t.dim() == 0:
-            t = t.expand(x.shape[0])
-        if t.dim() != 1 or t.shape[0] != x.shape[0]:
-            raise ValueError(
-                f"t must be a scalar or a [B] tensor with B = {x.shape[0]} (the batch of x), got shape "
-                f"{tuple(t.shape)}"
-            )
-        return self.schedule.check_t(t).cpu().float().double()
+        return self._t_for(x, t).cpu().float().double()
 
     def log_snr(self, t) -> torch.Tensor:
         """``lambda(tau) = -gamma(tau/(T-1))`` of the own schedule, float64."""
@@ -286,16 +271,11 @@ class VDMDiffusion:
     def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha_tau, sigma_tau)`` shaped to broadcast over ``like``."""
         alpha, sigma = self.schedule.alpha_sigma(self._tau(like, t))
-        return _col(alpha, like), _col(sigma, like)
+        return _bcast(alpha, like), _bcast(sigma, like)
 
-    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """``z = alpha x0 + sigma eps ~ q(z_t | x)`` at model time ``t`` (eq. 1)."""
-        if noise is None:
-            noise = torch.randn_like(x0)
-        elif noise.shape != x0.shape:
-            raise ValueError(f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}")
-        alpha, sigma = self.alpha_sigma(t, x0)
-        return alpha * x0 + sigma * noise
+    q_sample = with_docstring(
+        ProcessBase.q_sample, """``z = alpha x0 + sigma eps ~ q(z_t | x)`` at model time ``t`` (eq. 1)."""
+    )
 
     # ----------------------------------------------------------------- training
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -332,7 +312,7 @@ class VDMDiffusion:
         ``E[diffusion^2]`` (see the module).
         """
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch tensor [B, ...], got {_shape_of(x0)}")
+            raise ValueError(f"x0 must be a batch tensor [B, ...], got {shape_of(x0)}")
         B, dims = x0.shape[0], int(x0[0].numel())
         tau = self._tau(x0, self.sample_t(B, generator) if t is None else t)
         if noise_0 is None:
@@ -354,14 +334,11 @@ class VDMDiffusion:
         t01 = (tau / (self.timesteps - 1)).to(x0.device)
         gamma, dgamma, shape_tensors = schedule.evaluate(t01)
         g0, g1 = schedule.endpoints(t01)
-        alpha, sigma = _col(torch.sigmoid(-gamma).sqrt(), x0), _col(torch.sigmoid(gamma).sqrt(), x0)
+        alpha, sigma = _bcast(torch.sigmoid(-gamma).sqrt(), x0), _bcast(torch.sigmoid(gamma).sqrt(), x0)
         z = alpha * x0 + sigma * noise
         tau32 = tau.to(device=x0.device, dtype=torch.float32)
         out = model(z, tau32, gamma=gamma) if vdm is not None and transparent else model(z, tau32)
-        if not isinstance(out, torch.Tensor) or out.shape != x0.shape:
-            got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"model returned {got} for an input of shape {tuple(x0.shape)}; it must match")
-        _, eps_hat = to_x0_eps(out, self.prediction, z, alpha, sigma)
+        _, eps_hat = to_x0_eps(check_output(out, x0, "it must match"), self.prediction, z, alpha, sigma)
         mse = (noise - eps_hat).float().pow(2).flatten(1).sum(1).double()
         bits = 1.0 / (dims * math.log(2.0))
         diffusion = 0.5 * dgamma * mse * bits  # eq. 17
@@ -398,50 +375,22 @@ class VDMDiffusion:
         """``z_1 ~ N(0, I)``: sampling starts from unit variance."""
         return 1.0
 
-    def timesteps_for(self, steps: int | None = None, spacing: str = "uniform") -> torch.Tensor:
-        """The decreasing model times a sampler walks (``steps`` defaults to ``T``)."""
-        return make_timesteps(self.schedule, self.timesteps if steps is None else steps, spacing)
+    def _draw_x_T(self, shape: tuple[int, ...], generator, device, dtype: torch.dtype) -> torch.Tensor:
+        """Drawn on the CPU (with a CPU ``generator``, as every draw here) and moved to ``device``."""
+        return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
         """``model`` as ``(z, tau) -> (x0_hat, eps_hat)`` on its own schedule (or the diffusion's)."""
         return Denoiser(model, self.view(self._resolve(model)[0]), self.prediction, clip)
 
-    @torch.no_grad()
-    def sample(
-        self,
-        model: Model,
-        shape: tuple[int, ...],
-        sampler: str = "ancestral",
-        steps: int | None = None,
-        spacing: str | None = None,
-        generator: torch.Generator | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype = torch.float32,
-        clip: tuple[float, float] | None = None,
-        progress: bool = False,
-        x_T: torch.Tensor | None = None,
-        return_nfe: bool = False,
-        **sampler_kwargs,
-    ):
+    sample = with_docstring(
+        ProcessBase.sample,
         """Draw ``x`` by running ``sampler`` from ``z_1 ~ N(0, I)`` over ``steps`` levels of the model's
         schedule (``steps`` defaults to ``T``: VDM's ``T``-step ancestral sampler for ``"ancestral"``).
         Same arguments as :meth:`difflab.GaussianDiffusion.sample`. ``langevin``'s default ``epsilon``
         (NCSN's, for noise levels 100x apart) diverges over VDM's range (``sigma`` from ``e^-6.65`` to 1):
-        scale it by ``(sigma_min / 0.01)^2``, about ``3e-7`` for ``gamma_min = -13.3``."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
-        den = self.denoiser(model, clip)
-        view = den.schedule
-        spacing = DEFAULT_SPACING.get(sampler, "uniform") if spacing is None else spacing
-        levels = make_levels(view, make_timesteps(view, self.timesteps if steps is None else steps, spacing))
-        if x_T is None:
-            x_T = torch.randn(tuple(shape), generator=generator, dtype=dtype).to(device or "cpu")
-        elif tuple(x_T.shape) != tuple(shape):
-            raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match shape {tuple(shape)}")
-        if sampler == "ancestral":
-            sampler_kwargs.setdefault("variance", self.variance)
-        x0 = SAMPLERS[sampler](den, x_T, levels, generator=generator, progress=progress, **sampler_kwargs)
-        return (x0, den.nfe) if return_nfe else x0
+        scale it by ``(sigma_min / 0.01)^2``, about ``3e-7`` for ``gamma_min = -13.3``.""",
+    )
 
     # ----------------------------------------------------------------- the bound
     def prior_kl(self, x0: torch.Tensor, model: Model | None = None) -> torch.Tensor:
@@ -478,7 +427,7 @@ class VDMDiffusion:
         if isinstance(t_samples, bool) or not isinstance(t_samples, int) or t_samples < 1:
             raise ValueError(f"t_samples must be an integer >= 1, got {t_samples!r}")
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch tensor [B, ...], got {_shape_of(x0)}")
+            raise ValueError(f"x0 must be a batch tensor [B, ...], got {shape_of(x0)}")
         bins = (self.bins or 256) if bins is None else bins
         B, K, dims = x0.shape[0], t_samples, int(x0[0].numel())
         schedule = self._resolve(model)[0]
@@ -490,16 +439,12 @@ class VDMDiffusion:
         rows = torch.arange(B).repeat_interleave(K)
         per_row = torch.empty(B * K, dtype=torch.float64)
         starts = range(0, B * K, max(1, max_batch))
-        if progress:
-            from tqdm.auto import tqdm
-
-            starts = tqdm(starts, desc="bound", leave=False)
-        for start in starts:
+        for start in _progress(starts, len(starts), progress, "bound"):
             part = slice(start, start + max(1, max_batch))
             x = x0[rows[part].to(x0.device)]
             eps = _randn(x.shape, generator, x)
             gamma, dgamma, _ = schedule.evaluate(tau[part].to(x.device) / (self.timesteps - 1))
-            z = _col(torch.sigmoid(-gamma).sqrt(), x) * x + _col(torch.sigmoid(gamma).sqrt(), x) * eps
+            z = _bcast(torch.sigmoid(-gamma).sqrt(), x) * x + _bcast(torch.sigmoid(gamma).sqrt(), x) * eps
             _, eps_hat = den(z, tau[part])
             mse = (eps - eps_hat).double().pow(2).flatten(1).sum(1)
             per_row[part] = (0.5 * dgamma * mse).cpu()  # eq. 17, one (t, eps) each

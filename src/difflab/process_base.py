@@ -1,0 +1,146 @@
+"""What every process shares of :class:`~difflab.GaussianDiffusion`'s contract (DESIGN.md), written once.
+
+:class:`ProcessBase` holds the model-time check, the closed-form forward draw
+``x_t = alpha_t x_0 + sigma_t eps`` (DDPM eq. 4; VDM eq. 1) and sampling: ``x_T ~ N(0, prior_std^2 I)``
+run through a sampler of :mod:`difflab.samplers` on levels of the schedule that the process's
+:class:`~difflab.Denoiser` carries (DDPM Algorithm 2 for ``"ancestral"``). A process supplies
+``schedule`` (``check_t``, ``alpha_sigma``, ``lambdas``), ``timesteps``, ``variance``,
+``alpha_sigma(t, like)`` and ``denoiser(model, clip)``: :class:`~difflab.GaussianDiffusion` (with the
+variance-exploding processes built on it) and :class:`~difflab.vdm.VDMDiffusion` do.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import torch
+
+from .denoiser import Denoiser, Model
+from .gaussian import q_sample
+from .samplers import DEFAULT_SPACING, SAMPLERS, make_levels, make_timesteps
+
+
+def shape_of(x) -> object:
+    """``x``'s shape as a tuple for a tensor, else its type's name (for error messages)."""
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def check_output(out, x: torch.Tensor, rule: str) -> torch.Tensor:
+    """``out`` when it is a tensor of ``x``'s shape; otherwise a ``ValueError`` that names what the model
+    returned for ``x`` and ends with ``rule``."""
+    if not isinstance(out, torch.Tensor) or out.shape != x.shape:
+        raise ValueError(f"model returned {shape_of(out)} for an input of shape {tuple(x.shape)}; {rule}")
+    return out
+
+
+def with_docstring(method: Callable, doc: str) -> Callable:
+    """``method`` under another docstring, for a process whose notes on the same call differ. The call,
+    the behaviour and the signature (``inspect.signature`` follows ``__wrapped__``) are ``method``'s."""
+
+    @functools.wraps(method)
+    def documented(*args, **kwargs):
+        return method(*args, **kwargs)
+
+    documented.__doc__ = doc
+    return documented
+
+
+class ProcessBase:
+    """Model-time check, ``q_sample``, ``timesteps_for``, ``prior_std`` and ``sample`` over the hooks
+    listed in the module docstring; ``_draw_x_T`` says where the prior's noise is drawn."""
+
+    schedule: object
+    timesteps: int
+    variance: str
+
+    def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(alpha_t, sigma_t)`` at model time ``t``, shaped to broadcast over ``like`` (the process's)."""
+        raise NotImplementedError
+
+    def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
+        """``model`` as ``(x_t, t) -> (x0_hat, eps_hat)`` on the schedule to sample on (the process's)."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------- forward process
+    def _t_for(self, x: torch.Tensor, t) -> torch.Tensor:
+        t = torch.as_tensor(t)
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        if t.dim() != 1 or t.shape[0] != x.shape[0]:
+            raise ValueError(
+                f"t must be a scalar or a [B] tensor with B = {x.shape[0]} (the batch of x), "
+                f"got shape {tuple(t.shape)}"
+            )
+        return self.schedule.check_t(t)
+
+    def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Sample ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)`` in closed form."""
+        if noise is None:
+            noise = torch.randn_like(x0)
+        elif noise.shape != x0.shape:
+            raise ValueError(
+                f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}"
+            )
+        alpha, sigma = self.alpha_sigma(t, x0)
+        return q_sample(x0, alpha, sigma, noise)
+
+    # ----------------------------------------------------------------- sampling
+    def prior_std(self, levels) -> float:
+        """Standard deviation of ``x_T ~ N(0, prior_std^2 I)`` that sampling starts from: 1 for a
+        variance-preserving process (a variance-exploding one overrides it)."""
+        return 1.0
+
+    def _draw_x_T(self, shape: tuple[int, ...], generator, device, dtype: torch.dtype) -> torch.Tensor:
+        """``N(0, I)`` noise of ``shape``, drawn on ``device`` with ``generator``."""
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+    def timesteps_for(self, steps: int | None = None, spacing: str = "uniform") -> torch.Tensor:
+        """The decreasing model times a sampler walks (``steps`` defaults to ``T``)."""
+        return make_timesteps(self.schedule, self.timesteps if steps is None else steps, spacing)
+
+    @torch.no_grad()
+    def sample(
+        self,
+        model: Model,
+        shape: tuple[int, ...],
+        sampler: str = "ancestral",
+        steps: int | None = None,
+        spacing: str | None = None,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+        clip: tuple[float, float] | None = None,
+        progress: bool = False,
+        x_T: torch.Tensor | None = None,
+        return_nfe: bool = False,
+        **sampler_kwargs,
+    ):
+        """Draw ``x_0`` by running ``sampler`` from ``x_T ~ N(0, prior_std^2 I)`` over ``steps`` levels.
+
+        ``sampler`` is ``"ancestral"`` (Algorithm 2, with the diffusion's variance unless
+        ``variance=`` is passed), ``"ddim"`` (``eta=`` 0 by default) or any other name in
+        ``difflab.samplers.SAMPLERS``; extra keyword arguments are that sampler's options.
+        ``spacing=None`` uses the sampler's preferred spacing (``samplers.DEFAULT_SPACING``).
+        ``steps`` is the number of levels, not of network evaluations (Heun uses ``2 steps - 1``).
+        With ``return_nfe`` the number of network evaluations is returned as well.
+        """
+        if sampler not in SAMPLERS:
+            raise ValueError(f"unknown sampler {sampler!r}; choose one of {', '.join(SAMPLERS)}")
+        if spacing is None:
+            spacing = DEFAULT_SPACING.get(sampler, "uniform")
+        den = self.denoiser(model, clip)
+        schedule = den.schedule  # the process's own, or the one the model carries (VDM)
+        timesteps = make_timesteps(schedule, self.timesteps if steps is None else steps, spacing)
+        levels = make_levels(schedule, timesteps)
+        if x_T is None:
+            x_T = self._draw_x_T(tuple(shape), generator, device or "cpu", dtype) * self.prior_std(levels)
+        elif tuple(x_T.shape) != tuple(shape):
+            raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match shape {tuple(shape)}")
+        if sampler == "ancestral":
+            sampler_kwargs.setdefault("variance", self.variance)
+        x0 = SAMPLERS[sampler](den, x_T, levels, generator=generator, progress=progress, **sampler_kwargs)
+        return (x0, den.nfe) if return_nfe else x0
+
+
+__all__ = ["ProcessBase", "check_output", "shape_of", "with_docstring"]
