@@ -176,7 +176,10 @@ def sample(
         title = f"{cfg.data.name}: {sampler}, {nfe} NFE"
         scatter_compare(splits.test, x, run_dir / "samples.png", title)
     out = {"sampler": sampler, "nfe": nfe, "n": n, "seconds": round(seconds, 2)}
-    return out | {k: v for k, v in (("class", label), ("guidance", guidance)) if v is not None}
+    out |= {k: v for k, v in (("class", label), ("guidance", guidance)) if v is not None}
+    # what drew samples.npy, so that a metric computed from it later can say so
+    _write_json(run_dir / "samples.json", out | {"seed": s.seed if seed is None else seed, **kwargs})
+    return out
 
 
 def _guided_model(cfg: Config, model: torch.nn.Module, n: int, label: int | None, scale: float | None):
@@ -196,6 +199,12 @@ def _guided_model(cfg: Config, model: torch.nn.Module, n: int, label: int | None
             "this run was trained without it (use --guidance 1 or retrain)"
         )
     return guidance_mod.cfg(model, y, 1.0 if scale is None else scale, null_class=k)
+
+
+def _samples_info(run_dir: Path) -> dict[str, Any]:
+    """How the saved samples were drawn (sampler, NFE, ...), as :func:`sample` recorded it."""
+    path = run_dir / "samples.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def _load_samples(run_dir: Path, limit: int | None = None) -> torch.Tensor:
@@ -270,6 +279,7 @@ def sliced(run_dir: str | Path) -> dict[str, Any]:
         {
             "data": cfg.data.name,
             "samples": len(samples),
+            "samples_drawn_by": _samples_info(run_dir),
             "sliced_w2": sw,
             "sliced_w2_floor": floor,
             "sliced_w2_floor_pairs": floors,
@@ -307,6 +317,7 @@ def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
             "confident_fraction": scores["confident_fraction"],
             "sample_class_histogram": scores["class_histogram"],
             "fd_samples": scores["n_samples"],
+            "fd_samples_drawn_by": _samples_info(run_dir),
             "fd_reference_test_images": scores["n_reference"],
             "classifier_test_accuracy": info["test_accuracy"],
             "classifier_key": info["key"],
