@@ -471,3 +471,35 @@ def test_cli_vdm_on_digits_with_fourier_features(tmp_path, capsys):
     assert main(["eval", "bpd", "--run", str(run), "--no-progress"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert math.isfinite(metrics["bound_bits_per_dim"]) and metrics["bound_points"] == 20
+
+
+def test_weight_decay_spares_the_learned_schedule(tmp_path):
+    """One AdamW step from the same state with and without decoupled decay: the network's weights differ
+    by exactly ``lr * wd * p`` (Loshchilov & Hutter), the schedule's parameters not at all."""
+    from difflab.config import TrainConfig
+    from difflab.data import make_toy2d
+    from difflab.train import Trainer
+    from difflab.train.trainer import param_groups
+
+    lr, wd = 1e-2, 5.0
+    after = {}
+    for decay in (0.0, wd):
+        torch.manual_seed(0)
+        model = VDMModel(TinyNet(2), perturbed_learned(features=8))
+        start = {k: v.detach().clone() for k, v in model.named_parameters()}
+        cfg = TrainConfig(steps=1, batch_size=32, lr=lr, warmup=0, lr_schedule="constant",
+                          weight_decay=decay)
+        data = make_toy2d("moons", 64, seed=0)
+        Trainer(VDMDiffusion("learned"), model, data, cfg, tmp_path / str(decay)).train_step(0.0)
+        after[decay] = {k: v.detach().clone() for k, v in model.named_parameters()}
+    names = set(start)
+    sched_names = {k for k in names if k.startswith("schedule.")}
+    assert sched_names and names - sched_names
+    for k in names:
+        expected = -lr * wd * start[k] if k not in sched_names else torch.zeros_like(start[k])
+        torch.testing.assert_close(after[wd][k] - after[0.0][k], expected, rtol=1e-4, atol=1e-6)
+    # the groups: one when there is no decay, the schedule in a decay-free group otherwise
+    assert len(param_groups(model, 0.0)) == 1
+    groups = param_groups(model, wd)
+    assert [g["weight_decay"] for g in groups] == [wd, 0.0]
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in model.schedule.parameters()}

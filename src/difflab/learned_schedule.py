@@ -94,6 +94,9 @@ class LogSNRSchedule(nn.Module):
     """
 
     kind = "base"
+    # the trainer leaves these parameters out of AdamW's weight decay: decay would pull the endpoints
+    # gamma_0, gamma_1 toward 0 (a noisier data end, a less noisy prior end) whatever the loss says
+    weight_decay_exempt = True
 
     def __init__(
         self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, learn_endpoints: bool = False

@@ -92,6 +92,22 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     lr_factor(0, cfg, 0.0)
 
 
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW's parameter groups: all parameters decayed by ``weight_decay``, except those of submodules
+    marked ``weight_decay_exempt`` (a learned log-SNR schedule), which get none. One group when there
+    is no decay to exempt from (so runs without weight decay keep a one-group optimizer state)."""
+    exempt = {
+        id(p) for m in model.modules() if getattr(m, "weight_decay_exempt", False) for p in m.parameters()
+    }
+    params = list(model.parameters())
+    if weight_decay == 0 or not exempt:
+        return [{"params": params, "weight_decay": weight_decay}]
+    return [
+        {"params": [p for p in params if id(p) not in exempt], "weight_decay": weight_decay},
+        {"params": [p for p in params if id(p) in exempt], "weight_decay": 0.0, "decay_exempt": True},
+    ]
+
+
 class Trainer:
     """Trains ``model`` on the rows of ``data`` (``[N, ...]``) for ``cfg.steps`` optimizer steps.
 
@@ -152,7 +168,7 @@ class Trainer:
         self.net = wrap(self.model, self.dist)  # what the loss calls: DDP(model) or model
         self._forward: Callable[..., torch.Tensor] = self.net
         self._compile_pending = False
-        self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.opt = torch.optim.AdamW(param_groups(self.model, cfg.weight_decay), lr=cfg.lr)
         self.ema = EMA(self.model, cfg.ema_decay) if self.dist.is_main else None
         self.step = 0
         self.seconds = 0.0  # training time over all runs of this checkpoint line
@@ -217,9 +233,16 @@ class Trainer:
         number or a checkpoint file. Every rank reads the file. Returns the step resumed at."""
         state = ckpt.load_checkpoint(self.run_dir, which)
         self.model.load_state_dict(state["model"])
-        self.opt.load_state_dict(state["optimizer"])
+        try:
+            self.opt.load_state_dict(state["optimizer"])
+        except ValueError as exc:  # parameter groups differ: weight decay switched on or off on a VDM run
+            raise ValueError(
+                f"cannot resume the optimizer of {self.run_dir}: {exc}. A run whose model has parameters "
+                "exempt from weight decay (a learned VDM schedule) must keep train.weight_decay zero or "
+                f"non-zero as it was saved (now {self.cfg.weight_decay})"
+            ) from exc
         for group in self.opt.param_groups:  # configured hyper-parameters win over saved ones
-            group["weight_decay"] = self.cfg.weight_decay
+            group["weight_decay"] = 0.0 if group.get("decay_exempt") else self.cfg.weight_decay
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.gen.set_state(state["generator"])
