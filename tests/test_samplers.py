@@ -225,12 +225,13 @@ def _predictor_moments(diffusion, steps):
     return m, v
 
 
-def _langevin_moments(diffusion, steps, n_steps_each, epsilon):
-    """Exact moments of annealed Langevin with the exact score, and of the final denoising step."""
+def _langevin_moments(diffusion, steps, n_steps_each, epsilon=None, m=0.0, v=1.0):
+    """Exact moments of annealed Langevin with the exact score from ``x ~ N(m, v)``, and of the final
+    denoising step. Step ``h_i = epsilon (sigma_i / sigma_L)^2`` (NCSN); ``epsilon=None``: the
+    documented default ``h_i = 0.2 sigma_i^2``."""
     lv = dl.samplers.make_levels(diffusion.schedule, diffusion.timesteps_for(steps, "logsnr"))
-    m, v = 0.0, 1.0
     for a, sig in zip(lv.alpha.tolist(), lv.sigma.tolist()):
-        h = epsilon * (sig / float(lv.sigma[-1])) ** 2
+        h = 0.2 * sig * sig if epsilon is None else epsilon * (sig / float(lv.sigma[-1])) ** 2
         V = a * a * S**2 + sig * sig
         for _ in range(n_steps_each):
             c = 1 - h / (2 * V)
@@ -250,10 +251,32 @@ def test_score_samplers_match_their_exact_moment_recursion(diffusion, oracle, ki
         mean, std = _moments(diffusion, oracle, "pc", 50, n=n, corrector_steps=0)
     else:
         want_m, want_v = _langevin_moments(diffusion, 10, 20, 2e-5)
-        mean, std = _moments(diffusion, oracle, "langevin", 10, n=n, n_steps_each=20)
+        mean, std = _moments(diffusion, oracle, "langevin", 10, n=n, n_steps_each=20, epsilon=2e-5)
     se = math.sqrt(want_v / n)
     assert abs(mean - want_m) < 4 * se, (mean, want_m)
     assert abs(std - math.sqrt(want_v)) < 4 * math.sqrt(want_v / (2 * n)), (std, math.sqrt(want_v))
+
+
+@pytest.mark.parametrize("process", ["ddpm", "vdm", "edm"])
+def test_langevin_default_step_follows_the_level_on_every_schedule(process):
+    """The default step ``0.2 sigma_i^2`` is NCSN's ``2e-5`` on DDPM's linear schedule (last level
+    0.01) and stays stable where the last level is far smaller (VDM 0.0013, EDM 0.002; NCSN's absolute
+    ``2e-5`` makes the first step ``e/V`` about 10 and 5 there and diverges): the samples' moments
+    match the exact recursion."""
+    from difflab.processes import EDMDiffusion
+    from difflab.vdm import VDMDiffusion
+
+    d = {"ddpm": lambda: dl.GaussianDiffusion("linear", 1000), "vdm": lambda: VDMDiffusion("linear"),
+         "edm": EDMDiffusion}[process]()
+    v0 = d.prior_std(dl.samplers.make_levels(d.schedule, d.timesteps_for(20, "logsnr"))) ** 2
+    want_m, want_v = _langevin_moments(d, 20, 100, m=0.0, v=v0)
+    n, g = 20_000, torch.Generator().manual_seed(3)
+    x_T = math.sqrt(v0) * torch.randn(n, 1, generator=g, dtype=torch.float64)
+    x = d.sample(GaussianOracle(d, MU, S), x_T.shape, sampler="langevin", steps=20, x_T=x_T, generator=g)
+    mean, std = float(x.mean()), float(x.std())
+    assert abs(mean - want_m) < 4 * math.sqrt(want_v / n), (mean, want_m)
+    assert abs(std - math.sqrt(want_v)) < 4 * math.sqrt(want_v / (2 * n)), (std, math.sqrt(want_v))
+    assert abs(std - S) < 0.05 * S, std  # and near the data with the default 100 steps per level
 
 
 # ---------------------------------------------------------------------------------- a 2-D mixture

@@ -28,6 +28,10 @@ def _batch_norm(v: torch.Tensor) -> float:
     return float(v.flatten(1).norm(dim=1).mean())
 
 
+# NCSN's annealed Langevin step at its last level, relative to that level's variance: 2e-5 / 0.01^2
+NCSN_STEP_RATIO = 0.2
+
+
 def _langevin_step(x: torch.Tensor, score: torch.Tensor, step: float, z: torch.Tensor) -> torch.Tensor:
     """One unadjusted Langevin update ``x + step * score + sqrt(2 step) z``."""
     return x + step * score + (2.0 * step) ** 0.5 * z
@@ -82,7 +86,7 @@ def langevin(
     levels: Levels,
     *,
     n_steps_each: int = 100,
-    epsilon: float = 2e-5,
+    epsilon: float | None = None,
     denoise: bool = True,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -94,11 +98,19 @@ def langevin(
     ``-eps_hat/sigma_i`` of the marginal at that level (for a variance-preserving schedule the marginal
     of ``x_t`` itself, not of ``x_t/alpha``). With ``denoise`` a last evaluation returns ``x0_hat`` at the
     last level (Tweedie's denoising step of Jolicoeur-Martineau et al. 2021). Evaluations:
-    ``N n_steps_each`` plus one with ``denoise``. Defaults are NCSN's (``epsilon = 2e-5``, 100 steps each).
+    ``N n_steps_each`` plus one with ``denoise``.
+
+    The default ``epsilon`` is NCSN's step relative to the level, ``e_i = 0.2 sigma_i^2`` (NCSN: ``2e-5``
+    at ``sigma_L = 0.01``, which is also DDPM's linear schedule's last level), for any schedule:
+    Langevin on a level of variance about ``sigma_i^2`` is stable only for ``e_i < 2 sigma_i^2``, so
+    NCSN's absolute ``2e-5`` diverges where ``sigma_L`` is far below 0.01 (VDM's learned schedule, EDM's
+    0.002). 100 steps each as in NCSN.
     """
     check_count(n_steps_each=n_steps_each)
-    check_positive(epsilon=epsilon)
     sigma_last = float(levels.sigma[-1])
+    if epsilon is None:
+        epsilon = NCSN_STEP_RATIO * sigma_last**2
+    check_positive(epsilon=epsilon)
     for i in _progress(range(len(levels)), len(levels), progress, "langevin"):
         t, sigma = levels.t[i], float(levels.sigma[i])
         half_step = 0.5 * epsilon * (sigma / sigma_last) ** 2
