@@ -30,15 +30,15 @@ from .train.checkpoint import atomic_write, load_weights
 from .train.trainer import Trainer
 
 IMAGE_CLIP = (-1.0, 1.0)
-# processes with a variational bound: the DDPM chain and continuous-time VDM (VE/EDM have none)
-BOUND_PROCESSES = ("vp", "vdm")
-ETA_SAMPLERS = ("ddim", "dpm++3m", "dpm++2m-sde")
-# what the three parts of the bound are, per process (the notes' names for the discrete ones)
+# processes with a variational bound (the DDPM chain and continuous-time VDM; VE/EDM have none) and
+# what the bound's three parts are for each (the notes' names for the discrete ones)
 BOUND_PARTS = {
     "vp": "prior L_T, diffusion L_1 + ... + L_{T-1}, decoder L_0",
     "vdm": "prior KL(q(z_1|x) || N(0, I)), diffusion: the continuous loss over t in [0, 1], "
     "decoder -log p(x | z_0)",
 }
+BOUND_PROCESSES = tuple(BOUND_PARTS)
+ETA_SAMPLERS = ("ddim", "dpm++3m", "dpm++2m-sde")
 
 
 def _write_json(path: Path, obj: dict[str, Any]) -> None:
@@ -256,7 +256,7 @@ def bound(
             "diffusion": float(terms.diffusion.mean()) * scale,
             "decoder": float(terms.decoder.mean()) * scale,
         },
-        "bound_parts_are": BOUND_PARTS.get(cfg.diffusion.process, BOUND_PARTS["vp"]),
+        "bound_parts_are": BOUND_PARTS[cfg.diffusion.process],
         "bound_split": split,
         "bound_points": len(data),
         "bound_seconds": round(time.perf_counter() - t0, 2),

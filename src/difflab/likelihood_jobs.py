@@ -18,7 +18,7 @@ from . import jobs
 from .ode_likelihood import ode_bits_per_dim, ode_nll
 from .viz.vlb import BoundCurve, continuous_curve, curve_from_terms, plot_vlb
 
-LIKELIHOOD_PROCESSES = ("vp", "vdm")
+LIKELIHOOD_PROCESSES = jobs.BOUND_PROCESSES  # the ODE likelihood needs a variance-preserving process
 
 
 def _check_process(cfg, what: str) -> None:
