@@ -16,7 +16,7 @@ $(BIN)/difflab: pyproject.toml
 install: $(BIN)/difflab
 
 demo: install
-	$(BIN)/difflab demo
+	$(BIN)/difflab demo --overwrite
 
 test: install
 	$(BIN)/python -m pytest -q

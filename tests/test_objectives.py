@@ -73,7 +73,8 @@ def test_vlb_term_equals_bound_column_and_hand_computed_gaussian_kl():
         return 0.8 * torch.tanh(x) - 0.3 + 0.2 * (t.to(x.dtype)[:, None] / T)
 
     net = with_v(oracle, v_fn)
-    x0 = torch.round((mu + s * torch.randn(B, D, generator=gen(0), dtype=F64)).clamp(-1, 1) * 127.5) / 127.5
+    x = (mu + s * torch.randn(B, D, generator=gen(0), dtype=F64)).clamp(-1, 1)
+    x0 = torch.round((x + 1) * 127.5) / 127.5 - 1  # on the 256-level grid 2 k / 255 - 1
     terms = d.vlb_terms(net, x0, bins=256, generator=gen(5), max_batch=10_000).terms  # [B, T] bits/dim
     noise_all = torch.randn(T * B, D, generator=gen(5), dtype=F64)  # the bound's draws, timestep-major
 

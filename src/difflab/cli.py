@@ -4,13 +4,57 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
-import time
 from pathlib import Path
 
 from . import config as config_mod
-from . import jobs, likelihood_jobs
+from . import demo, jobs, likelihood_jobs
+from .train.checkpoint import upgrade_checkpoint
+from .train.trainer import Interrupted
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _finite(low: float, strict: bool = False):
+    """A float type for argparse: finite and ``>= low`` (``> low`` if ``strict``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value) or value < low or (strict and value == low):
+            raise argparse.ArgumentTypeError(
+                f"expected a finite number {'>' if strict else '>='} {low:g}, got {text!r}"
+            )
+        return value
+
+    return parse
+
+
+def _resume_spec(text: str) -> str:
+    if text == "latest" or text.isdigit() or Path(text).exists():
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected 'latest', a step number or an existing checkpoint file, got {text!r}"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -40,7 +84,13 @@ def _parser() -> argparse.ArgumentParser:
         const="latest",
         default=None,
         metavar="latest|STEP|PATH",
-        help="continue from a checkpoint of the run folder (default: the latest)",
+        type=_resume_spec,
+        help="continue from a checkpoint of the run folder: the latest (default), the step-numbered "
+        "checkpoint STEP, or the checkpoint file PATH",
+    )
+    t.add_argument(
+        "--overwrite", action="store_true",
+        help="start a fresh run in a folder that holds one (deletes its checkpoints, logs and samples)",
     )
     t.add_argument("--no-progress", action="store_true")
 
@@ -59,21 +109,22 @@ def _parser() -> argparse.ArgumentParser:
         help="ancestral, ddim, euler, heun, dpm++2m, dpm++3m, dpm++2m-sde, pc, ode or langevin "
         "(default: the config's)",
     )
-    s.add_argument("--steps", type=int, default=None, help="number of steps (default: all T)")
+    s.add_argument("--steps", type=_positive_int, default=None, help="number of steps (default: all T)")
     s.add_argument(
         "--spacing", default=None, help="uniform, quadratic, logsnr or edm (default: the sampler's preferred)"
     )
     s.add_argument(
-        "--eta", type=float, default=None, help="eta of ddim (0 = deterministic), dpm++3m and dpm++2m-sde"
+        "--eta", type=_finite(0.0), default=None,
+        help="eta of ddim (0 = deterministic), dpm++3m and dpm++2m-sde",
     )
-    s.add_argument("--n", type=int, default=None, help="number of samples")
-    s.add_argument("--seed", type=int, default=None)
+    s.add_argument("--n", type=_positive_int, default=None, help="number of samples")
+    s.add_argument("--seed", type=_int, default=None)
     s.add_argument(
-        "--class", dest="label", type=int, default=None, metavar="K",
+        "--class", dest="label", type=_int, default=None, metavar="K",
         help="class-conditional model: draw class K only (default: cycle through the classes)",
     )
     s.add_argument(
-        "--guidance", type=float, default=None, metavar="S",
+        "--guidance", type=_finite(-math.inf), default=None, metavar="S",
         help="classifier-free guidance scale: 1 = conditional (default), 0 = unconditional, "
         "> 1 sharper (the 'w' of the DDPM convention is S - 1)",
     )
@@ -90,14 +141,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--run", "--run-dir", "--ckpt", dest="run", required=True)
     e.add_argument("--split", default="test", choices=["test", "train"], help="data split for bpd")
-    e.add_argument("--n", type=int, default=None, help="examples scored (bpd) or samples used (fd)")
+    e.add_argument("--n", type=_positive_int, default=None, help="examples scored (bpd) or samples used (fd)")
     e.add_argument(
         "--ode", action="store_true",
         help="bpd: also the likelihood through the probability-flow ODE (exact for 2-D data, Hutchinson "
         "for images, uniform dequantization)",
     )
-    e.add_argument("--rtol", type=float, default=1e-5, help="--ode: relative tolerance of RK45 (1e-5)")
-    e.add_argument("--atol", type=float, default=1e-5, help="--ode: absolute tolerance of RK45 (1e-5)")
+    e.add_argument(
+        "--rtol", type=_finite(0.0, strict=True), default=1e-5,
+        help="--ode: relative tolerance of RK45 (1e-5)",
+    )
+    e.add_argument(
+        "--atol", type=_finite(0.0, strict=True), default=1e-5,
+        help="--ode: absolute tolerance of RK45 (1e-5)",
+    )
     e.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("viz", help="figures of trained runs")
@@ -108,7 +165,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     v.add_argument("--out", default=None, help="PNG path (default: RUN/vlb.png of the first run)")
     v.add_argument("--split", default="test", choices=["test", "train"])
-    v.add_argument("--n", type=int, default=None, help="examples scored (default: eval.bound_n)")
+    v.add_argument("--n", type=_positive_int, default=None, help="examples scored (default: eval.bound_n)")
     v.add_argument("--no-progress", action="store_true")
 
     d = sub.add_parser("demo", help="train, sample and evaluate the bundled digits job end to end")
@@ -117,7 +174,16 @@ def _parser() -> argparse.ArgumentParser:
     )
     d.add_argument("--run", "--run-dir", dest="run", default="runs/demo")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    d.add_argument(
+        "--overwrite", action="store_true", help="replace a run already in the folder (default: refuse)"
+    )
     d.add_argument("--no-progress", action="store_true")
+
+    u = sub.add_parser(
+        "upgrade-checkpoint",
+        help="convert a checkpoint of an older difflab (formats 1-2) that you trust to the safe format 3",
+    )
+    u.add_argument("path", help="the checkpoint file (it is unpickled once: only for files you trust)")
     return p
 
 
@@ -127,12 +193,12 @@ def _print(obj) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    progress = not args.no_progress
+    progress = not getattr(args, "no_progress", False)
     try:
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")
-            summary = jobs.train(cfg, run, resume=args.resume or False, progress=progress)
+            summary = jobs.train(cfg, run, resume=args.resume, progress=progress, overwrite=args.overwrite)
             if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
                 _print(summary)
                 print(f"run folder: {run}")
@@ -168,67 +234,26 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "viz":
             _print(likelihood_jobs.vlb_figure(args.runs, args.out, args.split, args.n, progress=progress))
         elif args.command == "demo":
-            return _demo(args, progress)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
-        print(f"difflab {args.command}: error: {exc}", file=sys.stderr)
+            return demo.run(
+                args.config, args.overrides, args.run, progress=progress, overwrite=args.overwrite
+            )
+        elif args.command == "upgrade-checkpoint":
+            print(f"upgraded {upgrade_checkpoint(args.path)} to checkpoint format 3")
+    except Interrupted as exc:
+        print(f"difflab {args.command}: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"difflab {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, RuntimeError) as exc:  # OSError: missing files, a full disk, ...
+        print(f"difflab {args.command}: error: {_one_line(exc)}", file=sys.stderr)
         return 2
     return 0
 
 
-def _demo(args, progress: bool) -> int:
-    t0 = time.perf_counter()
-    cfg = config_mod.load(args.config, args.overrides)
-    run = Path(args.run)
-    print(f"[1/4] training on {cfg.data.name} for at most {cfg.train.max_minutes:g} min -> {run}")
-    summary = jobs.train(cfg, run, progress=progress)
-    print(f"      {summary['steps']} steps in {summary['seconds']} s ({summary['it_per_s']} it/s)")
-    print(f"[2/4] sampling {cfg.sample.n} with {cfg.sample.sampler}")
-    s = jobs.sample(run, progress=progress)
-    print(f"      {s['nfe']} network evaluations in {s['seconds']} s")
-    files = [
-        "samples.png",
-        "samples.npy",
-        "metrics.json",
-        "train.json",
-        "config.toml",
-        "log.csv",
-        "model.safetensors",
-        "checkpoint.pt",
-    ]
-    if cfg.model.kind == "mlp":
-        print("[3/4] sliced Wasserstein-2 against fresh data")
-        m = jobs.sliced(run)
-        print(
-            f"      samples to fresh data {m['sliced_w2']:.4f}, between two fresh data sets "
-            f"{m['sliced_w2_floor']:.4f} -> ratio {m['sliced_w2_ratio']:.2f}"
-        )
-        if cfg.diffusion.process in jobs.BOUND_PROCESSES:
-            print("[4/4] the variational bound on held-out points")
-            m = jobs.bound(run, progress=progress)
-            print(
-                f"      {m['bound_nats_per_dim']:.3f} +- {m['bound_nats_per_dim_stderr']:.3f} nats/dim "
-                f"on {m['bound_points']} points"
-            )
-    else:
-        print("[3/4] forward and reverse strips, test bits/dim")
-        files[1:1] = jobs.strips(run)
-        if cfg.diffusion.process in jobs.BOUND_PROCESSES:
-            m = jobs.bound(run, progress=progress)
-            print(
-                f"      test bound {m['bound_bits_per_dim']:.3f} +- {m['bound_bits_per_dim_stderr']:.3f} "
-                f"bits/dim on {m['bound_points']} images"
-            )
-        print("[4/4] Fréchet distance in the features of a digit classifier (trained once, cached)")
-        m = jobs.frechet(run)
-        print(
-            f"      FD {m['fd']:.3f} (train vs test images: {m['fd_train_vs_test']:.3f}); classifier test "
-            f"accuracy {m['classifier_test_accuracy']:.3f}; {100 * m['confident_fraction']:.1f}% of samples "
-            "assigned to a digit with probability > 0.9"
-        )
-    print(f"done in {time.perf_counter() - t0:.0f} s. Results in {run}/:")
-    for name in files:
-        print(f"  {run / name}")
-    return 0
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= 2000 else text[:2000] + " ..."
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ ones, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import dataclasses
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -153,7 +154,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
         if key not in top:
             raise ValueError(f"unknown config key {key!r}; valid keys: {', '.join(top)}")
         if key == "name":
-            cfg.name = _coerce(value, cfg.name, "name")
+            cfg.name = check_name(_coerce(value, cfg.name, "name"))
             continue
         if not isinstance(value, dict):
             raise ValueError(f"config section [{key}] must be a table, got {value!r}")
@@ -166,6 +167,20 @@ def from_dict(raw: dict[str, Any]) -> Config:
                 )
             setattr(section, k, _coerce(v, getattr(section, k), f"{key}.{k}"))
     return cfg
+
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_name(name: str) -> str:
+    """A run name becomes the folder ``runs/<name>``: letters, digits, ``.``, ``_``, ``-``, starting with
+    a letter or digit, no ``..``, so it can never point outside ``runs/``."""
+    if not _NAME_RE.match(name) or ".." in name:
+        raise ValueError(
+            f"name {name!r} is not allowed: use letters, digits, '.', '_' and '-' (starting with a letter "
+            "or digit, no '..', at most 128 characters); it names the folder runs/<name>"
+        )
+    return name
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

@@ -156,3 +156,32 @@ def discretized_gaussian_log_likelihood(
 def log_to_bits_per_dim(nats: torch.Tensor, dims: int) -> torch.Tensor:
     """Nats per example -> bits per dimension."""
     return nats / (dims * math.log(2.0))
+
+
+def check_grid(x0: torch.Tensor, bins: int | None) -> None:
+    """Refuse data a discretized likelihood cannot score, naming the rule broken: values must be finite,
+    lie in ``[-1, 1]`` and, with ``bins``, on the grid ``2 k / (bins - 1) - 1``, ``k = 0..bins-1``
+    (within 1e-3 of a level step). ``bins=None`` checks only finiteness (a Gaussian density)."""
+    x = x0.detach()
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"x0 contains {'NaN' if bool(torch.isnan(x).any()) else 'inf'} values; the bound "
+                         "scores finite data only")
+    if bins is None:
+        return
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
+        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    x = x.to(torch.float64)
+    outside = (x < -1.0 - 1e-6) | (x > 1.0 + 1e-6)
+    if bool(outside.any()):
+        raise ValueError(
+            f"x0 value {x[outside].flatten()[0].item():g} lies outside [-1, 1], the range of the "
+            f"{bins}-level data grid; scale the data to [-1, 1]"
+        )
+    k = (x + 1.0) * (bins - 1) / 2.0
+    off = (k - k.round()).abs() > 1e-3
+    if bool(off.any()):
+        raise ValueError(
+            f"x0 value {x[off].flatten()[0].item():g} is not on the {bins}-level grid 2 k / {bins - 1} - 1 "
+            f"(k = 0..{bins - 1}) over [-1, 1]; pass the data's own bins, or score continuous data with "
+            "the Gaussian decoder or ode_nll"
+        )

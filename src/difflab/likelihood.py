@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .gaussian import discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
+from .gaussian import check_grid, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
 from .samplers.ddpm import _progress
 
 if TYPE_CHECKING:
@@ -124,6 +124,7 @@ def vlb_terms(
         raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
     if x0.dim() < 2:
         raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
+    check_grid(x0, bins if decoder == "discretized" else None)
     B, T = x0.shape[0], diffusion.timesteps
     den = diffusion.denoiser(model, clip)
     chunk = max(1, max_batch // B)

@@ -29,12 +29,6 @@ def _check_process(cfg, what: str) -> None:
         )
 
 
-def _split(splits, split: str) -> torch.Tensor:
-    if split not in ("train", "test"):
-        raise ValueError(f"unknown split {split!r}; choose train or test")
-    return splits.test if split == "test" else splits.train
-
-
 def ode_bound(
     run_dir: str | Path,
     split: str = "test",
@@ -55,12 +49,8 @@ def ode_bound(
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = jobs.load_run(run_dir)
     _check_process(cfg, "the ODE likelihood")
-    if cfg.model.num_classes > 0:
-        raise ValueError(
-            "the ODE likelihood of class-conditional runs is not supported (model.num_classes > 0)"
-        )
     jobs.set_threads(cfg)
-    data = _split(splits, split)[: n or cfg.eval.bound_n]
+    data, labels = jobs.split_data(cfg, splits, split, n)
     g = torch.Generator().manual_seed(11)
     t0, values, nfe = time.perf_counter(), [], 0
     starts = range(0, len(data), batch)
@@ -68,18 +58,24 @@ def ode_bound(
         from tqdm.auto import tqdm
 
         starts = tqdm(starts, desc="ode likelihood", leave=False)
-    for start in starts:
-        x = data[start : start + batch]
+    calls = 0
+
+    def score(net, x: torch.Tensor) -> torch.Tensor:
+        nonlocal nfe, calls
         if splits.is_image:
             v, stats = ode_bits_per_dim(
-                diffusion, model, x, bins=splits.bins, rtol=rtol, atol=atol, divergence="hutchinson",
+                diffusion, net, x, bins=splits.bins, rtol=rtol, atol=atol, divergence="hutchinson",
                 generator=g, return_stats=True,
             )
         else:
-            v, stats = ode_nll(diffusion, model, x, rtol=rtol, atol=atol, return_stats=True)
+            v, stats = ode_nll(diffusion, net, x, rtol=rtol, atol=atol, return_stats=True)
             v = v / x[0].numel()
-        values.append(v.cpu())
-        nfe += stats.nfe
+        nfe, calls = nfe + stats.nfe, calls + 1
+        return v.cpu()
+
+    for start in starts:
+        y = None if labels is None else labels[start : start + batch]
+        values.append(jobs.score_by_class(cfg, model, data[start : start + batch], y, score))
     vals = torch.cat(values)
     unit = "bits_per_dim" if splits.is_image else "nats_per_dim"
     result = {
@@ -89,7 +85,7 @@ def ode_bound(
         "ode_points": len(vals),
         "ode_rtol": rtol,
         "ode_atol": atol,
-        "ode_nfe_per_batch": round(nfe / len(starts), 1),
+        "ode_nfe_per_batch": round(nfe / calls, 1),
         "ode_seconds": round(time.perf_counter() - t0, 2),
     }
     return jobs.update_json(run_dir / "metrics.json", result)
@@ -103,23 +99,35 @@ def run_curve(run_dir: str | Path, split: str = "test", n: int | None = None, la
     cfg, diffusion, model, splits = jobs.load_run(run_dir)
     _check_process(cfg, "the bound's plot")
     jobs.set_threads(cfg)
-    data = _split(splits, split)[: n or cfg.eval.bound_n]
-    if cfg.model.num_classes > 0 and splits.test_y is not None:
-        labels = splits.test_y if split == "test" else splits.train_y
-        model = jobs.conditional(model, labels[: len(data)])
+    data, labels = jobs.split_data(cfg, splits, split, n)
     kwargs = {"bins": splits.bins} if splits.is_image else {"decoder": "gaussian"}
     g = torch.Generator().manual_seed(7)
     label = label or run_dir.name
-    if cfg.diffusion.process == "vp":
-        terms = diffusion.vlb_terms(model, data, generator=g, progress=progress, **kwargs)
-        lam = diffusion.log_snr(torch.arange(float(diffusion.timesteps)))
-        return curve_from_terms(label, lam, terms)
-    # VDM: only the prior and decoder are taken from its bound (one t per example for the unused
-    # Monte-Carlo diffusion part); the diffusion part is the curve itself
-    terms = diffusion.vlb_terms(model, data, generator=g, progress=progress, t_samples=1, **kwargs)
-    return continuous_curve(
-        label, diffusion.ode_view(model), data, generator=g,
-        prior=float(terms.prior.mean()), decoder=float(terms.decoder.mean()),
+
+    def curve(net, x: torch.Tensor) -> BoundCurve:
+        if cfg.diffusion.process == "vp":
+            terms = diffusion.vlb_terms(net, x, generator=g, progress=progress, **kwargs)
+            return curve_from_terms(label, diffusion.log_snr(torch.arange(float(diffusion.timesteps))), terms)
+        # VDM: only the prior and decoder are taken from its bound (one t per example for the unused
+        # Monte-Carlo diffusion part); the diffusion part is the curve itself
+        terms = diffusion.vlb_terms(net, x, generator=g, progress=progress, t_samples=1, **kwargs)
+        return continuous_curve(
+            label, diffusion.ode_view(net), x, generator=g,
+            prior=float(terms.prior.mean()), decoder=float(terms.decoder.mean()),
+        )
+
+    if cfg.model.num_classes == 0:
+        return curve(model, data)
+    # class-conditional: each class's curve given its label, averaged with the classes' shares
+    curves, shares = [], []
+    for k in labels.unique().tolist():
+        mask = labels == k
+        curves.append(curve(jobs.class_model(model, int(k)), data[mask]))
+        shares.append(float(mask.double().mean()))
+    return BoundCurve(
+        label, curves[0].lam_edges, sum(w * c.bits for w, c in zip(shares, curves)),
+        prior=sum(w * c.prior for w, c in zip(shares, curves)),
+        decoder=sum(w * c.decoder for w, c in zip(shares, curves)),
     )
 
 

@@ -56,7 +56,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .gaussian import log_to_bits_per_dim
+from .gaussian import check_grid, log_to_bits_per_dim
 from .process_base import shape_of
 from .samplers.levels import time_of_log_snr
 from .samplers.ode import ADAPTIVE
@@ -344,7 +344,7 @@ def ode_bits_per_dim(
     with ``return_stats`` the statistics' ``std_err`` and ``prior_nll`` are in bits/dim as well.
     """
     _check_batch(x0, "x0")
-    _check_grid(x0, bins)
+    check_grid(x0, bins)
     opts = _checked_options(rtol, atol, method, divergence, probe, probes, generator)
     view = _prepare(diffusion, model)
     w = 2.0 / (bins - 1)
@@ -385,19 +385,6 @@ def _prepare(diffusion, model) -> ODEView:
             stacklevel=3,
         )
     return _view_of(diffusion, model)
-
-
-def _check_grid(x0: torch.Tensor, bins: int) -> None:
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
-    k = (x0.detach().to(torch.float64) + 1.0) * (bins - 1) / 2.0
-    off = ((k - k.round()).abs() > 1e-3) | (k.round() < 0) | (k.round() > bins - 1)
-    if bool(off.any()):
-        bad = x0[off].flatten()[0].item()
-        raise ValueError(
-            f"x0 value {bad:g} is not on the {bins}-level grid 2 k / {bins - 1} - 1 (k = 0..{bins - 1}) "
-            f"over [-1, 1]; pass the matching bins, or use ode_nll for continuous data"
-        )
 
 
 __all__ = [

@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from .denoiser import Denoiser, Model, _bcast
-from .gaussian import check_prediction, to_x0_eps
+from .gaussian import check_grid, check_prediction, to_x0_eps
 from .learned_schedule import (
     GAMMA_MAX,
     GAMMA_MIN,
@@ -429,6 +429,7 @@ class VDMDiffusion(ProcessBase):
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
             raise ValueError(f"x0 must be a batch tensor [B, ...], got {shape_of(x0)}")
         bins = (self.bins or 256) if bins is None else bins
+        check_grid(x0, bins if decoder == "discretized" else None)
         B, K, dims = x0.shape[0], t_samples, int(x0[0].numel())
         schedule = self._resolve(model)[0]
         den = Denoiser(model, self.view(schedule), self.prediction, clip)

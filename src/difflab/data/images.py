@@ -138,6 +138,10 @@ def _open(path: Path, root: Path, load: bool):
         if load:
             im.load()
         return im
+    except Image.DecompressionBombError as err:  # Pillow's guard against images that fill memory
+        raise ValueError(
+            f"image {path.relative_to(root)} in {root} is too large to load safely ({err})"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         if im is not None:
             im.close()

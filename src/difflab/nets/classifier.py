@@ -35,6 +35,7 @@ class DigitClassifier(nn.Module):
         self.feature = nn.Linear(chans[-1], feature_dim)
         self.head = nn.Linear(feature_dim, num_classes)
         self.in_channels = in_channels
+        self.temperature = 1.0  # divides the logits for calibrated probabilities (temperature scaling)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Penultimate features ``[B, feature_dim]`` (after the nonlinearity)."""

@@ -12,12 +12,17 @@ synced so the rename itself survives a power cut. ``checkpoint.pt`` is a hard li
 step file, made under a temporary name and renamed into place the same way (a copy where the file
 system has no hard links), so it is always either the previous or the new complete checkpoint.
 
-Checkpoints are pickles (they hold optimizer and RNG states): load only files you wrote yourself.
+Reading is safe: checkpoints hold only tensors and plain values (format 3; RNG states as tensors,
+:mod:`difflab.train.rng`) and are loaded with ``torch.load(..., weights_only=True)``, which refuses
+anything that could run code. A checkpoint from an older difflab (formats 1 and 2 pickled numpy RNG
+states) is refused with a message; :func:`upgrade_checkpoint` (``difflab upgrade-checkpoint PATH``)
+converts one the user trusts.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import shutil
 import tempfile
@@ -42,7 +47,18 @@ __all__ = [
     "load_weights",
     "remove_stale_temps",
     "save_checkpoint",
+    "upgrade_checkpoint",
+    "CheckpointError",
+    "first_line",
+    "read_checkpoint",
+    "FORMAT",
 ]
+
+FORMAT = 3  # checkpoints hold only tensors and plain values: weights_only loading
+
+
+class CheckpointError(ValueError):
+    """A checkpoint or weights file that cannot be read safely or at all."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -200,15 +216,96 @@ def checkpoint_path(run_dir: str | Path, which: str | int | Path = "latest") -> 
     return path
 
 
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load one checkpoint file onto the CPU without running code (``weights_only=True``).
+
+    Raises :class:`CheckpointError` with one line for a file that is not a checkpoint, is cut short or
+    damaged, or holds objects beyond tensors and plain values (an older difflab's format, or a file
+    not written by difflab)."""
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" in str(exc) or "allowed global" in str(exc):  # a class or function
+            raise CheckpointError(
+                f"checkpoint {path} holds Python objects beyond tensors and plain values, so loading it "
+                "could run code; difflab before checkpoint format 3 wrote such files. If you trust where "
+                f"it came from, convert it once with `difflab upgrade-checkpoint {path}`"
+            ) from None
+        raise CheckpointError(f"checkpoint {path} is damaged ({first_line(exc)})") from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(
+            f"checkpoint {path} is damaged or not a checkpoint ({type(exc).__name__}: {first_line(exc)})"
+        ) from None
+    if not isinstance(state, dict) or "step" not in state or "model" not in state:
+        raise CheckpointError(f"{path} is not a difflab training checkpoint (no step / model entries)")
+    return state
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, at most 200 characters."""
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
 def load_checkpoint(run_dir: str | Path, which: str | int | Path = "latest") -> dict[str, Any]:
-    """Load a checkpoint (see :func:`checkpoint_path` for ``which``) onto the CPU."""
-    return torch.load(checkpoint_path(run_dir, which), map_location="cpu", weights_only=False)
+    """Load a checkpoint (see :func:`checkpoint_path` for ``which``) onto the CPU, safely
+    (:func:`read_checkpoint`)."""
+    return read_checkpoint(checkpoint_path(run_dir, which))
+
+
+def upgrade_checkpoint(path: str | Path) -> Path:
+    """Rewrite a trusted checkpoint of an older format (1 or 2) as format 3, in place and atomically.
+
+    This is the one place difflab unpickles arbitrary objects (``weights_only=False``): call it only on
+    a file you trust. Returns the path."""
+    from . import rng
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"cannot read {path}: {type(exc).__name__}: {first_line(exc)}") from None
+    if not isinstance(state, dict) or "model" not in state:
+        raise CheckpointError(f"{path} is not a difflab training checkpoint")
+
+    def convert(old: Any) -> dict[str, Any]:
+        if old is None:
+            return old
+        import random as pyrandom
+
+        import numpy as np
+
+        saved = (np.random.get_state(), pyrandom.getstate(), torch.get_rng_state())
+        try:
+            rng.restore_legacy(old)
+            return rng.capture()
+        finally:
+            np.random.set_state(saved[0])
+            pyrandom.setstate(saved[1])
+            torch.set_rng_state(saved[2])
+
+    if "torch_rng" in state and "rng" not in state:  # format 1
+        state["rng"] = {"torch": state.pop("torch_rng")}
+    state["rng"] = convert(state.get("rng"))
+    state["rng_per_rank"] = [convert(r) for r in state.get("rng_per_rank") or []]
+    state["format"] = FORMAT
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
+    read_checkpoint(path)  # what it must now be
+    return path
 
 
 def load_weights(run_dir: str | Path) -> dict[str, torch.Tensor]:
+    """The EMA weights ``RUN/model.safetensors`` (safetensors: reading never runs code)."""
     from safetensors.torch import load_file
 
     path = Path(run_dir) / WEIGHTS
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}; train a model there first")
-    return load_file(str(path))
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # safetensors raises its own error type for damaged files
+        raise CheckpointError(f"weights file {path} is damaged ({first_line(exc)}); "
+                              "re-train or restore it from a checkpoint") from None

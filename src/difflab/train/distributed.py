@@ -54,6 +54,14 @@ class DistContext:
             dist.all_reduce(x, op=dist.ReduceOp.SUM)
         return x
 
+    def all_reduce_max(self, value: float) -> float:
+        """The largest ``value`` over the ranks (the value itself without ``torchrun``)."""
+        if not self.enabled:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return float(t.item())
+
     def broadcast_float(self, value: float) -> float:
         """Rank 0's ``value`` on every rank (wall-clock decisions must agree across ranks)."""
         if not self.enabled:

@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import functools
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -45,12 +47,21 @@ from . import rng
 from .distributed import setup, wrap
 from .ema import EMA
 from .logs import RunLog
+from .resume_rules import RESULT_NEUTRAL, config_changes, describe_changes
 
 PRECISIONS = ("fp32", "bf16")
 
 
 class TrainingError(RuntimeError):
     """Training stopped because its input or its numbers went bad."""
+
+
+class Interrupted(RuntimeError):
+    """Training was stopped by SIGTERM or SIGINT after saving a checkpoint at the current step."""
+
+    def __init__(self, message: str, signum: int, step: int):
+        super().__init__(message)
+        self.signum, self.step = signum, step
 
 
 def lr_factor(step: int, cfg: TrainConfig, progress: float) -> float:
@@ -71,9 +82,12 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"train.{name} must be an integer >= {low}, got {value!r}")
-    for name in ("lr", "weight_decay", "grad_clip", "max_minutes"):
-        if not getattr(cfg, name) >= 0:
-            raise ValueError(f"train.{name} must be >= 0, got {getattr(cfg, name)!r}")
+    for name in ("lr", "weight_decay", "grad_clip", "max_minutes", "ema_decay"):
+        value = getattr(cfg, name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"train.{name} must be a finite number >= 0, got {value!r}")
+    if cfg.ema_decay >= 1:
+        raise ValueError(f"train.ema_decay must lie in [0, 1), got {cfg.ema_decay!r}")
     parts = world_size * cfg.grad_accum
     if cfg.batch_size % parts:
         raise ValueError(
@@ -128,6 +142,8 @@ class Trainer:
             (t, weights)``, ``update(t, losses)``, ``state_dict()``); default: the one
             ``cfg.t_sampler`` names (:func:`difflab.objectives.make_t_sampler`). Its state is
             checkpointed.
+        on_step: ``on_step(step)`` called on every rank after each optimizer step (the CPU thread
+            governor of :mod:`difflab.threads` watches step times through it).
     """
 
     def __init__(
@@ -143,6 +159,7 @@ class Trainer:
         num_classes: int | None = None,
         on_sample: Callable[[int, nn.Module], Any] | None = None,
         t_sampler: Any = None,
+        on_step: Callable[[int], Any] | None = None,
     ):
         if not isinstance(data, torch.Tensor) or data.dim() < 2 or data.shape[0] < 1:
             got = tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__
@@ -162,6 +179,7 @@ class Trainer:
         self.data = data
         self.run_dir = Path(run_dir)
         self.on_sample = on_sample
+        self.on_step = on_step
         self.model = model.to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -172,6 +190,9 @@ class Trainer:
         self.ema = EMA(self.model, cfg.ema_decay) if self.dist.is_main else None
         self.step = 0
         self.seconds = 0.0  # training time over all runs of this checkpoint line
+        self.log_window = [0.0, 0]  # loss sum and count since the last log.csv row (checkpointed)
+        self.loss_ema: float | None = None
+        self._signal: int | None = None
         self.gen = torch.Generator().manual_seed(cfg.seed)
         self.t_sampler = make_t_sampler(cfg.t_sampler, diffusion) if t_sampler is None else t_sampler
         if self.dist.is_main:
@@ -204,9 +225,11 @@ class Trainer:
         """The full training state. Under ``torchrun`` every rank must call it (it gathers RNGs)."""
         rngs = self.dist.gather(rng.capture())
         return {
-            "format": 2,
+            "format": ckpt.FORMAT,
             "step": self.step,
             "seconds": self.seconds,
+            "log_window": [float(self.log_window[0]), int(self.log_window[1])],
+            "loss_ema": self.loss_ema,
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "optimizer": self.opt.state_dict(),
@@ -224,15 +247,30 @@ class Trainer:
         state = self.state()
         if not self.dist.is_main:
             return None
-        return ckpt.save_checkpoint(
-            self.run_dir, state, self.ema.model.state_dict(), step=self.step, keep=self.cfg.keep_checkpoints
-        )
+        try:
+            return ckpt.save_checkpoint(
+                self.run_dir, state, self.ema.model.state_dict(), step=self.step,
+                keep=self.cfg.keep_checkpoints,
+            )
+        except OSError as exc:  # disk full, permissions: the previous checkpoint is untouched
+            raise TrainingError(
+                f"could not write the checkpoint of step {self.step} in {self.run_dir} "
+                f"({exc.strerror or exc}); the previous checkpoint is kept unchanged"
+            ) from None
 
     def resume(self, which: str | int | Path = "latest") -> int:
         """Restore model, EMA, optimizer, generator, RNGs and step from ``which``: ``"latest"``, a step
         number or a checkpoint file. Every rank reads the file. Returns the step resumed at."""
-        state = ckpt.load_checkpoint(self.run_dir, which)
-        self.model.load_state_dict(state["model"])
+        path = ckpt.checkpoint_path(self.run_dir, which)
+        state = ckpt.read_checkpoint(path)
+        self._check_same_run(path, state)
+        try:
+            self.model.load_state_dict(state["model"])
+        except RuntimeError as exc:
+            raise ValueError(
+                f"checkpoint {path} holds a different network than the configured one ("
+                f"{ckpt.first_line(exc)}); resume with the configuration the run was trained with"
+            ) from None
         try:
             self.opt.load_state_dict(state["optimizer"])
         except ValueError as exc:  # parameter groups differ: weight decay switched on or off on a VDM run
@@ -258,9 +296,25 @@ class Trainer:
             self.t_sampler.load_state_dict(saved)  # else (older checkpoint, other sampler): start afresh
         self.step = int(state["step"])
         self.seconds = float(state.get("seconds", 0.0))
+        window = state.get("log_window") or [0.0, 0]
+        self.log_window = [float(window[0]), int(window[1])]
+        self.loss_ema = state.get("loss_ema")
         if self.dist.is_main:
             ckpt.remove_stale_temps(self.run_dir)
         return self.step
+
+    def _check_same_run(self, path: Path, state: dict[str, Any]) -> None:
+        """Refuse to continue a checkpoint under a configuration that would change the result."""
+        saved, now = state.get("config") or {}, self.config
+        if not (saved and now):  # a Trainer built without the full config: compare [train]
+            saved, now = {"train": state.get("train_config") or {}}, {"train": asdict(self.cfg)}
+        changes = config_changes(saved, now)
+        if changes:
+            raise ValueError(
+                f"cannot resume {path} with a changed configuration: {describe_changes(changes)}. "
+                f"Only {', '.join(RESULT_NEUTRAL)} may change on resume (docs/runs.md); start a new run "
+                "folder for other values"
+            )
 
     # ------------------------------------------------------------------ one step
     def _autocast(self):
@@ -356,10 +410,57 @@ class Trainer:
         if not math.isfinite(norm):
             raise TrainingError(f"{where}: the gradient norm is {norm}; {kept} (lower train.lr)")
         self.opt.step()
+        self._check_finite_state(where, kept)
         if self.ema is not None:
             self.ema.update(self.model)
         self.step += 1
         return loss, norm
+
+    def _check_finite_state(self, where: str, kept: str) -> None:
+        """Stop before non-finite parameters or optimizer moments can be saved as "the last good state"
+        (an infinite learning rate, say). One reduction over all of them (a sum of norms is finite only
+        if every entry is); the same answer on every rank, since DDP keeps parameters identical."""
+        tensors = [p.detach() for p in self.model.parameters()]
+        tensors += [v for st in self.opt.state.values() for v in st.values()
+                    if isinstance(v, torch.Tensor) and v.dim() > 0]
+        total = torch.nn.utils.get_total_norm(tensors, norm_type=1.0)
+        if not math.isfinite(float(total)):
+            raise TrainingError(
+                f"{where}: the parameters or optimizer state became NaN or inf; {kept} "
+                "(lower train.lr or check the model)"
+            )
+
+    # ------------------------------------------------------------------ signals
+    def _catch_signals(self) -> dict[int, Any] | None:
+        """While :meth:`fit` runs, SIGTERM (a cluster's preemption) and SIGINT (Ctrl-C) only set a flag:
+        the current step finishes, a checkpoint is saved and :class:`Interrupted` is raised. A second
+        signal of either kind stops at once (the last checkpoint stays intact: writes are atomic)."""
+        if threading.current_thread() is not threading.main_thread():
+            return None
+
+        def handler(signum, frame):
+            if self._signal is not None:
+                raise KeyboardInterrupt
+            self._signal = signum
+
+        old = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
+    @staticmethod
+    def _restore_signals(old: dict[int, Any] | None) -> None:
+        for sig, h in (old or {}).items():
+            signal.signal(sig, h)
+
+    def _stop_requested(self) -> bool:
+        """Whether any rank caught a signal (all ranks agree, so they save the same step)."""
+        flag = 0.0 if self._signal is None else float(self._signal)
+        if self.dist.enabled:
+            flag = self.dist.all_reduce_max(flag)
+            if flag and self._signal is None:
+                self._signal = int(flag)
+        return flag > 0
 
     # ------------------------------------------------------------------ callbacks
     def _sample(self) -> None:
@@ -381,9 +482,11 @@ class Trainer:
                 raise RuntimeError(msg) from exc
             self._compile_pending = True
         start_step, t0, seconds0 = self.step, time.perf_counter(), self.seconds
-        saved_at, smooth, window = -1, None, [0.0, 0]
-        bar = log = None
+        saved_at = -1
+        bar = log = handlers = None
+        self._signal = None
         try:
+            handlers = self._catch_signals()
             if main:
                 if progress_bar:
                     from tqdm.auto import tqdm
@@ -400,15 +503,26 @@ class Trainer:
                     frac = max(frac, elapsed / budget)
                 loss, norm = self.train_step(frac)
                 self.seconds = seconds0 + time.perf_counter() - t0
-                smooth = loss if smooth is None else 0.98 * smooth + 0.02 * loss
-                window = [window[0] + loss, window[1] + 1]
+                smooth = loss if self.loss_ema is None else 0.98 * self.loss_ema + 0.02 * loss
+                self.loss_ema = smooth
+                window = self.log_window = [self.log_window[0] + loss, self.log_window[1] + 1]
                 if bar is not None:
                     bar.update(1)
                     bar.set_postfix(loss=f"{smooth:.4f}", refresh=False)
                 if log is not None and self.step % cfg.log_every == 0:
                     lr = self.opt.param_groups[0]["lr"]
                     log.write(self.step, window[0] / window[1], lr, norm, self.seconds)
-                    window = [0.0, 0]
+                    self.log_window = [0.0, 0]
+                if self.on_step is not None:
+                    self.on_step(self.step)
+                if self._stop_requested():
+                    self.save()
+                    name = signal.Signals(self._signal).name
+                    raise Interrupted(
+                        f"stopped by {name} at step {self.step}; checkpoint saved to "
+                        f"{self.run_dir / ckpt.CHECKPOINT} (continue with --resume)",
+                        self._signal, self.step,
+                    )
                 if cfg.ckpt_every > 0 and self.step % cfg.ckpt_every == 0:
                     self.save()
                     saved_at = self.step
@@ -418,6 +532,7 @@ class Trainer:
             if saved_at != self.step and self.step > start_step:
                 self.save()
         finally:
+            self._restore_signals(handlers)
             for handle in (bar, log):
                 if handle is not None:
                     handle.close()
@@ -428,7 +543,7 @@ class Trainer:
             "steps": self.step,
             "seconds": round(seconds, 2),
             "it_per_s": round(done / seconds, 2) if seconds > 0 else None,
-            "loss_ema": smooth,
+            "loss_ema": self.loss_ema,
             "world_size": self.dist.world_size,
         }
 
