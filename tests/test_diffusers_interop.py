@@ -1,0 +1,187 @@
+"""diffusers interop: loaded models and samplers against diffusers itself, exported runs read back by
+diffusers. Every reference number comes from diffusers' own classes on randomly initialised models
+saved into tmp_path (nothing is downloaded)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+diffusers = pytest.importorskip("diffusers")
+
+import difflab as dl  # noqa: E402
+from difflab import samplers  # noqa: E402
+from difflab.interop import diffusers_timesteps, from_diffusers  # noqa: E402
+from difflab.interop.schedule_map import map_scheduler  # noqa: E402
+
+T = 100
+
+
+def tiny_unet(**kw) -> diffusers.UNet2DModel:
+    torch.manual_seed(0)
+    args = dict(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8, attention_head_dim=8,
+    )
+    args.update(kw)
+    unet = diffusers.UNet2DModel(**args)
+    with torch.no_grad():  # the zero-initialised layers of a fresh model would hide mapping errors
+        for p in unet.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return unet.eval()
+
+
+def save_pipeline(tmp_path, unet, scheduler, name="pipe"):
+    folder = tmp_path / name
+    diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def linear_pipe(tmp_path):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False)
+    return save_pipeline(tmp_path, tiny_unet(), sched)
+
+
+def test_loaded_model_returns_diffusers_outputs(linear_pipe):
+    diffusion, model = from_diffusers(linear_pipe)
+    ref = diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").eval()
+    x = torch.randn(3, 1, 8, 8)
+    t = torch.tensor([0.0, 41.0, 99.0])
+    with torch.no_grad():
+        want = ref(x, t.long()).sample
+        got = model(x, t)
+        frac = model(x, torch.tensor([10.5, 10.5, 10.5]))
+        want_frac = ref(x, torch.tensor([10.5, 10.5, 10.5])).sample
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-6)
+    torch.testing.assert_close(frac, want_frac, rtol=0, atol=1e-6)
+    assert diffusion.timesteps == T and diffusion.prediction == "eps" and diffusion.variance == "fixed_small"
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(beta_schedule="linear", beta_start=1e-3, beta_end=0.2),
+        dict(beta_schedule="scaled_linear", beta_start=1e-3, beta_end=0.05),
+        dict(beta_schedule="squaredcos_cap_v2"),
+        dict(beta_schedule="sigmoid", beta_start=1e-3, beta_end=0.2),
+        dict(trained_betas=torch.linspace(2e-3, 0.1, T).tolist()),
+    ],
+)
+def test_schedules_match_diffusers_alphas_cumprod(kw):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, **kw)
+    diffusion, _ = map_scheduler(dict(sched.config, _class_name="DDPMScheduler"))
+    torch.testing.assert_close(
+        diffusion.schedule.alpha_bar.float(), sched.alphas_cumprod, rtol=2e-6, atol=1e-7
+    )
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("prediction_type", "flow"),
+        ("variance_type", "learned"),
+        ("beta_schedule", "laplace"),
+        ("rescale_betas_zero_snr", True),
+        ("thresholding", True),
+        ("_class_name", "ScoreSdeVeScheduler"),
+    ],
+)
+def test_refuses_what_does_not_map(key, value):
+    cfg = dict(diffusers.DDPMScheduler(num_train_timesteps=T).config, _class_name="DDPMScheduler")
+    cfg[key] = value
+    with pytest.raises(ValueError, match=str(value) if not isinstance(value, bool) else key):
+        map_scheduler(cfg)
+
+
+@pytest.mark.parametrize("spacing", ["linspace", "leading", "trailing"])
+def test_timesteps_match_set_timesteps(spacing):
+    for steps in (1, 7, 10, 33, T):
+        sched = diffusers.DDPMScheduler(num_train_timesteps=T, timestep_spacing=spacing)
+        sched.set_timesteps(steps)
+        torch.testing.assert_close(diffusers_timesteps(T, steps, spacing), sched.timesteps.double())
+
+
+def test_linspace_is_difflab_uniform():
+    s = dl.GaussianDiffusion("linear", 1000)
+    for steps in (3, 10, 50, 333, 1000):
+        torch.testing.assert_close(diffusers_timesteps(1000, steps, "linspace"), s.timesteps_for(steps, "uniform"))
+
+
+def _scheduler_loop(sched, unet, x, steps, generator, **step_kw):
+    sched.set_timesteps(steps)
+    states = []
+    for t in sched.timesteps:
+        with torch.no_grad():
+            out = unet(x, t).sample
+        x = sched.step(out, t, x, generator=generator, **step_kw).prev_sample
+        states.append(x)
+    return states
+
+
+@pytest.mark.parametrize(
+    "variance, prediction, spacing",
+    [
+        ("fixed_small", "epsilon", "leading"),
+        ("fixed_large", "sample", "linspace"),
+        ("fixed_small", "v_prediction", "trailing"),
+        ("learned_range", "epsilon", "leading"),
+    ],
+)
+def test_ancestral_reproduces_ddpm_scheduler(tmp_path, variance, prediction, spacing):
+    """DDPMScheduler.step on its ``timestep_spacing`` = difflab's ancestral sampler on
+    ``diffusers_timesteps``: every intermediate state, from the same x_T and the same noise draws."""
+    sched = diffusers.DDPMScheduler(
+        num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False, variance_type=variance,
+        prediction_type=prediction, timestep_spacing=spacing,
+    )
+    folder = save_pipeline(tmp_path, tiny_unet(out_channels=2 if variance == "learned_range" else 1), sched)
+    diffusion, model = from_diffusers(folder)
+    ref = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    steps = 10
+    x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(3))
+    want = _scheduler_loop(sched, ref, x_T, steps, torch.Generator().manual_seed(5))
+    levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, steps, spacing))
+    got = []
+    samplers.ancestral(
+        diffusion.denoiser(model), x_T, levels, variance=diffusion.variance,
+        generator=torch.Generator().manual_seed(5), callback=lambda i, x: got.append(x),
+    )
+    assert len(got) == len(want) == steps
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_clipped_ancestral_matches_clip_sample(linear_pipe):
+    """``clip_sample=True`` (diffusers' default) = difflab's ``clip=(-1, 1)``."""
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=True)
+    diffusion, model = from_diffusers(linear_pipe)
+    ref = diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").eval()
+    x_T = 3 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    want = _scheduler_loop(sched, ref, x_T, 8, torch.Generator().manual_seed(2))[-1]
+    levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, 8, "leading"))
+    got = samplers.ancestral(diffusion.denoiser(model, clip=(-1.0, 1.0)), x_T, levels,
+                             generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_reproduces_ddim_scheduler(linear_pipe, spacing, eta):
+    """DDIMScheduler (set_alpha_to_one, clip_sample off) steps from t to t - T // n: difflab's ddim on
+    the leading / trailing timesteps, for several step counts, from the same x_T and noise."""
+    diffusion, model = from_diffusers(linear_pipe)
+    ref = diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").eval()
+    for steps in (1, 2, 5, 10):
+        sched = diffusers.DDIMScheduler(
+            num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False, timestep_spacing=spacing,
+            set_alpha_to_one=True,
+        )
+        x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(steps))
+        want = _scheduler_loop(sched, ref, x_T, steps, torch.Generator().manual_seed(9), eta=eta)[-1]
+        levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, steps, spacing))
+        got = samplers.ddim(diffusion.denoiser(model), x_T, levels, eta=eta, generator=torch.Generator().manual_seed(9))
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
