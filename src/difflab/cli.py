@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import jobs, likelihood_jobs
+from .interop import linked_run
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -77,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale: 1 = conditional (default), 0 = unconditional, "
         "> 1 sharper (the 'w' of the DDPM convention is S - 1)",
     )
+    s.add_argument("--out", default=None, help=OUT_HELP)
     s.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="metrics of a trained run: bpd, fd, sw or all that fit its data")
@@ -98,6 +100,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     e.add_argument("--rtol", type=float, default=1e-5, help="--ode: relative tolerance of RK45 (1e-5)")
     e.add_argument("--atol", type=float, default=1e-5, help="--ode: absolute tolerance of RK45 (1e-5)")
+    e.add_argument(
+        "--data", default=None, help="--run is a diffusers folder: the data scored (digits, mnist, an image "
+        "folder or a .npy/.npz file)",
+    )
+    e.add_argument("--out", default=None, help=OUT_HELP)
     e.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("viz", help="figures of trained runs")
@@ -118,7 +125,23 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--run", "--run-dir", dest="run", default="runs/demo")
     d.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     d.add_argument("--no-progress", action="store_true")
+
+    x = sub.add_parser("export", help="write a difflab U-Net run as a diffusers pipeline folder")
+    x.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder of a U-Net run")
+    x.add_argument("--diffusers", dest="out", required=True, metavar="OUT", help="new folder to write")
+    x.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("report", help="one self-contained HTML page of one or more runs")
+    r.add_argument("--run", "--run-dir", dest="runs", action="append", required=True, help="repeatable")
+    r.add_argument("--out", default=None, help="HTML path (default: RUN/report.html of the first run)")
+    r.add_argument("--no-progress", action="store_true")
     return p
+
+
+OUT_HELP = (
+    "--run is a diffusers folder: where results go (default: runs/from-diffusers/NAME; the diffusers "
+    "folder is never written to)"
+)
 
 
 def _print(obj) -> None:
@@ -129,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     progress = not args.no_progress
     try:
+        if args.command in ("sample", "eval"):  # a diffusers folder: its output folder (difflab.interop)
+            args.run = linked_run.resolve_run(args.run, args.out, getattr(args, "data", None), args.command == "eval")
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")
@@ -169,6 +194,14 @@ def main(argv: list[str] | None = None) -> int:
             _print(likelihood_jobs.vlb_figure(args.runs, args.out, args.split, args.n, progress=progress))
         elif args.command == "demo":
             return _demo(args, progress)
+        elif args.command == "export":
+            from .interop.diffusers_out import export_run
+
+            _print(export_run(args.run, args.out))
+        elif args.command == "report":
+            from .report import write_report
+
+            _print({"report": str(write_report(args.runs, args.out))})
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"difflab {args.command}: error: {exc}", file=sys.stderr)
         return 2

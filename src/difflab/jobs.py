@@ -118,6 +118,10 @@ def _grid_callback(cfg: Config, diffusion, splits: Splits, run_dir: Path):
 def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
     """``(config, diffusion, EMA model, data splits)`` of a trained run folder."""
     run_dir = Path(run_dir)
+    if (run_dir / "diffusers.json").is_file():  # the output folder of a diffusers model (difflab.interop)
+        from .interop.linked_run import load_linked_run
+
+        return load_linked_run(run_dir)
     cfg_path = run_dir / "config.toml"
     if not cfg_path.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.toml); train one first")
