@@ -22,9 +22,15 @@ T = 100
 def tiny_unet(**kw) -> diffusers.UNet2DModel:
     torch.manual_seed(0)
     args = dict(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(16, 32), layers_per_block=1,
-        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
-        norm_num_groups=8, attention_head_dim=8,
+        sample_size=8,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32),
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=8,
     )
     args.update(kw)
     unet = diffusers.UNet2DModel(**args)
@@ -108,7 +114,9 @@ def test_timesteps_match_set_timesteps(spacing):
 def test_linspace_is_difflab_uniform():
     s = dl.GaussianDiffusion("linear", 1000)
     for steps in (3, 10, 50, 333, 1000):
-        torch.testing.assert_close(diffusers_timesteps(1000, steps, "linspace"), s.timesteps_for(steps, "uniform"))
+        torch.testing.assert_close(
+            diffusers_timesteps(1000, steps, "linspace"), s.timesteps_for(steps, "uniform")
+        )
 
 
 def _scheduler_loop(sched, unet, x, steps, generator, **step_kw):
@@ -135,8 +143,13 @@ def test_ancestral_reproduces_ddpm_scheduler(tmp_path, variance, prediction, spa
     """DDPMScheduler.step on its ``timestep_spacing`` = difflab's ancestral sampler on
     ``diffusers_timesteps``: every intermediate state, from the same x_T and the same noise draws."""
     sched = diffusers.DDPMScheduler(
-        num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False, variance_type=variance,
-        prediction_type=prediction, timestep_spacing=spacing,
+        num_train_timesteps=T,
+        beta_start=1e-3,
+        beta_end=0.2,
+        clip_sample=False,
+        variance_type=variance,
+        prediction_type=prediction,
+        timestep_spacing=spacing,
     )
     folder = save_pipeline(tmp_path, tiny_unet(out_channels=2 if variance == "learned_range" else 1), sched)
     diffusion, model = from_diffusers(folder)
@@ -147,8 +160,12 @@ def test_ancestral_reproduces_ddpm_scheduler(tmp_path, variance, prediction, spa
     levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, steps, spacing))
     got = []
     samplers.ancestral(
-        diffusion.denoiser(model), x_T, levels, variance=diffusion.variance,
-        generator=torch.Generator().manual_seed(5), callback=lambda i, x: got.append(x),
+        diffusion.denoiser(model),
+        x_T,
+        levels,
+        variance=diffusion.variance,
+        generator=torch.Generator().manual_seed(5),
+        callback=lambda i, x: got.append(x),
     )
     assert len(got) == len(want) == steps
     for a, b in zip(got, want):
@@ -163,8 +180,9 @@ def test_clipped_ancestral_matches_clip_sample(linear_pipe):
     x_T = 3 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
     want = _scheduler_loop(sched, ref, x_T, 8, torch.Generator().manual_seed(2))[-1]
     levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, 8, "leading"))
-    got = samplers.ancestral(diffusion.denoiser(model, clip=(-1.0, 1.0)), x_T, levels,
-                             generator=torch.Generator().manual_seed(2))
+    got = samplers.ancestral(
+        diffusion.denoiser(model, clip=(-1.0, 1.0)), x_T, levels, generator=torch.Generator().manual_seed(2)
+    )
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -177,13 +195,19 @@ def test_ddim_reproduces_ddim_scheduler(linear_pipe, spacing, eta):
     ref = diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").eval()
     for steps in (1, 2, 5, 10):
         sched = diffusers.DDIMScheduler(
-            num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False, timestep_spacing=spacing,
+            num_train_timesteps=T,
+            beta_start=1e-3,
+            beta_end=0.2,
+            clip_sample=False,
+            timestep_spacing=spacing,
             set_alpha_to_one=True,
         )
         x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(steps))
         want = _scheduler_loop(sched, ref, x_T, steps, torch.Generator().manual_seed(9), eta=eta)[-1]
         levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, steps, spacing))
-        got = samplers.ddim(diffusion.denoiser(model), x_T, levels, eta=eta, generator=torch.Generator().manual_seed(9))
+        got = samplers.ddim(
+            diffusion.denoiser(model), x_T, levels, eta=eta, generator=torch.Generator().manual_seed(9)
+        )
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
 
 
@@ -239,7 +263,9 @@ def test_exported_run_loads_in_diffusers_and_matches(tmp_path, overrides):
         want = model(x, t.float(), y=y)
         got = unet(x, t, class_labels=y).sample
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
-    torch.testing.assert_close(sched.alphas_cumprod, diffusion.schedule.alpha_bar.float(), rtol=2e-6, atol=1e-7)
+    torch.testing.assert_close(
+        sched.alphas_cumprod, diffusion.schedule.alpha_bar.float(), rtol=2e-6, atol=1e-7
+    )
     # and back: the exported folder read by difflab is the same process
     back, _ = from_diffusers(out)
     assert (back.prediction, back.variance) == (diffusion.prediction, diffusion.variance)
@@ -263,3 +289,74 @@ def test_export_refuses_what_does_not_map(tmp_path, overrides, words, capsys):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not (tmp_path / "x").exists()
+
+
+# ----------------------------------------------------------------- the command line on a diffusers folder
+
+
+def _files(folder):
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_mtime_ns) for p in folder.rglob("*"))
+
+
+def test_cli_samples_and_scores_a_diffusers_folder(linear_pipe, tmp_path, monkeypatch, capsys):
+    from difflab.cli import main
+
+    before = _files(linear_pipe)
+    monkeypatch.chdir(tmp_path)
+    assert main(["sample", "--run", str(linear_pipe), "--n", "4", "--steps", "5", "--no-progress"]) == 0
+    out = tmp_path / "runs" / "from-diffusers" / linear_pipe.name  # the default output folder
+    assert np_load(out / "samples.npy").shape == (4, 1, 8, 8)
+    assert main(["eval", "bpd", "--run", str(linear_pipe), "--no-progress"]) == 2
+    assert "--data" in capsys.readouterr().err
+    args = ["eval", "bpd", "--run", str(linear_pipe), "--data", "digits", "--n", "6", "--no-progress"]
+    assert main([*args, "--ode", "--rtol", "1e-3", "--atol", "1e-3"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["bound_points"] == 6 and metrics["ode_points"] == 6
+    # the bound the CLI wrote is the library's bound of the loaded model on the named data's test split
+    from difflab.build import build_splits
+    from difflab.jobs import load_run
+
+    cfg, diffusion, model, splits = load_run(out)
+    assert cfg.data.name == "digits" and splits.bins == 17
+    want = diffusion.vlb_terms(
+        model, build_splits(cfg).test[:6], bins=17, generator=torch.Generator().manual_seed(7)
+    )
+    assert metrics["bound_bits_per_dim"] == pytest.approx(float(want.total.mean()), rel=1e-5)
+    assert _files(linear_pipe) == before  # the diffusers folder is never written to
+    # results inside the model folder are refused, and so is --data on a difflab run
+    assert main(["sample", "--run", str(linear_pipe), "--out", str(linear_pipe / "x"), "--no-progress"]) == 2
+    assert main(["eval", "bpd", "--run", str(out), "--data", "digits", "--no-progress"]) == 2
+
+
+def np_load(path):
+    import numpy as np
+
+    return np.load(path)
+
+
+def test_refuses_pickled_weights_and_latent_pipelines(tmp_path, linear_pipe):
+    import shutil
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(linear_pipe, pickled)
+    (pickled / "unet" / "diffusion_pytorch_model.safetensors").rename(
+        pickled / "unet" / "diffusion_pytorch_model.bin"
+    )
+    with pytest.raises(ValueError, match="safetensors only"):
+        from_diffusers(pickled)
+    index = json.loads((linear_pipe / "model_index.json").read_text())
+    (pickled / "model_index.json").write_text(json.dumps(index | {"vqvae": ["diffusers", "VQModel"]}))
+    with pytest.raises(ValueError, match="vqvae"):
+        from_diffusers(pickled)
+
+
+def test_class_conditional_unet_takes_labels(tmp_path):
+    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.2)
+    folder = save_pipeline(tmp_path, tiny_unet(num_class_embeds=3), sched)
+    _, model = from_diffusers(folder)
+    ref = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
+    x, t, y = torch.randn(2, 1, 8, 8), torch.tensor([3.0, 50.0]), torch.tensor([0, 2])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, t, y=y), ref(x, t, class_labels=y).sample, rtol=0, atol=1e-6)
+    with pytest.raises(ValueError, match="class-conditional"):
+        model(x, t)

@@ -153,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
     progress = not args.no_progress
     try:
         if args.command in ("sample", "eval"):  # a diffusers folder: its output folder (difflab.interop)
-            args.run = linked_run.resolve_run(args.run, args.out, getattr(args, "data", None), args.command == "eval")
+            data = getattr(args, "data", None)
+            args.run = linked_run.resolve_run(args.run, args.out, data, needs_data=args.command == "eval")
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")

@@ -95,8 +95,11 @@ def locate(path: str | Path) -> DiffusersFolder:
         raise FileNotFoundError(f"{unet_dir} has no config.json: not a diffusers model folder")
     if cfg.get("_class_name") != "UNet2DModel":
         raise ValueError(f"{unet_dir} holds a {cfg.get('_class_name')!r}; difflab reads UNet2DModel only")
-    for cand in (root / "scheduler" / "scheduler_config.json", unet_dir / "scheduler_config.json",
-                 root / "scheduler_config.json"):
+    for cand in (
+        root / "scheduler" / "scheduler_config.json",
+        unet_dir / "scheduler_config.json",
+        root / "scheduler_config.json",
+    ):
         if cand.is_file():
             return DiffusersFolder(root, unet_dir, cand)
     raise FileNotFoundError(
@@ -132,7 +135,9 @@ class DiffusersUNet(nn.Module):
         size = cfg.sample_size
         self.image_size = (size, size) if isinstance(size, int) else tuple(size)
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None
+    ) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device)
         t = (t if t.is_floating_point() else t.float()).expand(x.shape[0])
         if self.num_classes and y is None:
@@ -173,9 +178,18 @@ def from_diffusers(
     _check_unet_config(parts.unet_config(), mapping)
     _check_weights(parts.unet_dir)
     diffusers = require_diffusers()
-    unet = diffusers.UNet2DModel.from_pretrained(str(parts.unet_dir), use_safetensors=True, local_files_only=True)
+    unet = diffusers.UNet2DModel.from_pretrained(
+        str(parts.unet_dir), use_safetensors=True, local_files_only=True
+    )
     diffusion.diffusers = mapping
     return diffusion, DiffusersUNet(unet).to(device).eval()
 
 
-__all__ = ["DiffusersFolder", "DiffusersUNet", "from_diffusers", "is_diffusers_folder", "locate", "require_diffusers"]
+__all__ = [
+    "DiffusersFolder",
+    "DiffusersUNet",
+    "from_diffusers",
+    "is_diffusers_folder",
+    "locate",
+    "require_diffusers",
+]

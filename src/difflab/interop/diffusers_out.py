@@ -60,7 +60,10 @@ def _head_dim(model: UNet) -> int | None:
         return None
     widths = {a.qkv.in_features // a.heads for a in attns}
     if len(widths) != 1:
-        _refuse(f"attention head widths {sorted(widths)} differ between levels (UNet2DModel has one attention_head_dim)")
+        _refuse(
+            f"attention head widths {sorted(widths)} differ between levels "
+            "(UNet2DModel has one attention_head_dim)"
+        )
     return widths.pop()
 
 
@@ -82,10 +85,15 @@ def unet_config(model: UNet, model_cfg, dropout: float | None = None) -> dict[st
             f"this run has T = {model.timesteps}"
         )
     if model.fourier_features:
-        _refuse(f"Fourier-feature inputs {list(model.fourier_features)} (VDM) have no UNet2DModel counterpart")
+        _refuse(
+            f"Fourier-feature inputs {list(model.fourier_features)} (VDM) have no UNet2DModel counterpart"
+        )
     mult = list(model_cfg.channel_mult)
     if mult[0] != 1:
-        _refuse(f"channel_mult[0] = {mult[0]}: UNet2DModel's conv_in has the first level's width, difflab's has channels")
+        _refuse(
+            f"channel_mult[0] = {mult[0]}: UNet2DModel's conv_in has the first level's width, "
+            "difflab's has channels"
+        )
     groups = model.out_norm.num_groups
     _check_norms(model, groups)
     levels = [model.image_size[0] // 2**i for i in range(len(mult))]
@@ -124,8 +132,13 @@ def unet_config(model: UNet, model_cfg, dropout: float | None = None) -> dict[st
 
 
 def _resblock(p: str, m: ResBlock) -> dict[str, nn.Module]:
-    out = {f"{p}.norm1": m.norm1, f"{p}.conv1": m.conv1, f"{p}.time_emb_proj": m.emb_proj,
-           f"{p}.norm2": m.norm2, f"{p}.conv2": m.conv2}
+    out = {
+        f"{p}.norm1": m.norm1,
+        f"{p}.conv1": m.conv1,
+        f"{p}.time_emb_proj": m.emb_proj,
+        f"{p}.norm2": m.norm2,
+        f"{p}.conv2": m.conv2,
+    }
     if isinstance(m.skip, nn.Conv2d):
         out[f"{p}.conv_shortcut"] = m.skip
     return out
@@ -201,7 +214,10 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
         raise ValueError(f"--diffusers {out} exists and is not empty; name a new folder")
     cfg, diffusion, model, _ = load_run(run_dir)
     if cfg.diffusion.process != "vp":
-        _refuse(f"diffusion.process={cfg.diffusion.process!r}: only the DDPM chain ('vp') has a diffusers scheduler")
+        _refuse(
+            f"diffusion.process={cfg.diffusion.process!r}: only the DDPM chain ('vp') has a "
+            "diffusers scheduler"
+        )
     if not isinstance(model, UNet):
         _refuse(f"model.kind={cfg.model.kind!r}: only difflab's U-Net maps")
     config = unet_config(model, cfg.model)
@@ -213,11 +229,18 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     (out / "unet" / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     save_file(weights, str(out / "unet" / "diffusion_pytorch_model.safetensors"))
     (out / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler, indent=2) + "\n")
-    index = {"_class_name": "DDPMPipeline", "_diffusers_version": DIFFUSERS_VERSION,
-             "scheduler": ["diffusers", "DDPMScheduler"], "unet": ["diffusers", "UNet2DModel"]}
+    index = {
+        "_class_name": "DDPMPipeline",
+        "_diffusers_version": DIFFUSERS_VERSION,
+        "scheduler": ["diffusers", "DDPMScheduler"],
+        "unet": ["diffusers", "UNet2DModel"],
+    }
     (out / "model_index.json").write_text(json.dumps(index, indent=2) + "\n")
-    return {"diffusers": str(out), "parameters": sum(v.numel() for v in weights.values()),
-            "scheduler": {k: v for k, v in scheduler.items() if k != "trained_betas"}}
+    return {
+        "diffusers": str(out),
+        "parameters": sum(v.numel() for v in weights.values()),
+        "scheduler": {k: v for k, v in scheduler.items() if k != "trained_betas"},
+    }
 
 
 __all__ = ["export_run", "unet_config", "unet_state_dict"]

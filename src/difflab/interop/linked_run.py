@@ -43,7 +43,8 @@ def data_config(spec: str, image_size: int) -> config_mod.DataConfig:
     if p.is_file() and p.suffix in (".npy", ".npz"):
         return config_mod.DataConfig(name="array", path=str(p.resolve()))
     raise ValueError(
-        f"--data {spec!r} is neither a data set ({', '.join(NAMED_DATA)}), an image folder nor a .npy/.npz file"
+        f"--data {spec!r} is neither a data set ({', '.join(NAMED_DATA)}), an image folder nor a "
+        ".npy/.npz file"
     )
 
 
@@ -73,7 +74,9 @@ def link(source: str | Path, out_dir: str | Path, data: str | None = None) -> Pa
     source, out_dir = Path(source).resolve(), Path(out_dir)
     target = out_dir.resolve()
     if target == source or source in target.parents:
-        raise ValueError(f"--out {out_dir} lies inside the diffusers folder {source}; name a folder outside it")
+        raise ValueError(
+            f"--out {out_dir} lies inside the diffusers folder {source}; name a folder outside it"
+        )
     old: dict[str, Any] = json.loads((out_dir / LINK).read_text()) if is_linked_run(out_dir) else {}
     if old and Path(old["source"]) != source:
         raise ValueError(f"{out_dir} holds results of {old['source']}; name another --out for {source}")
@@ -88,11 +91,17 @@ def link(source: str | Path, out_dir: str | Path, data: str | None = None) -> Pa
     if data is not None:
         cfg.data = data_config(data, size if isinstance(size, int) else int(size[0]))
     cfg.model = config_mod.ModelConfig(
-        kind="unet", num_classes=int(unet.get("num_class_embeds") or 0), learn_sigma=mapping.variance == "learned",
-        channel_mult=[], attention_resolutions=[],
+        kind="unet",
+        num_classes=int(unet.get("num_class_embeds") or 0),
+        learn_sigma=mapping.variance == "learned",
+        channel_mult=[],
+        attention_resolutions=[],
     )
     cfg.diffusion = config_mod.DiffusionConfig(
-        process="vp", schedule=mapping.schedule, timesteps=mapping.timesteps, prediction=mapping.prediction,
+        process="vp",
+        schedule=mapping.schedule,
+        timesteps=mapping.timesteps,
+        prediction=mapping.prediction,
         variance=mapping.variance,
     )
     cfg.sample = config_mod.SampleConfig(sampler="ddim", steps=min(50, mapping.timesteps), n=64)

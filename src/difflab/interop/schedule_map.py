@@ -106,10 +106,14 @@ def betas_from_config(cfg: dict[str, Any]) -> torch.Tensor:
         def f(u: float) -> float:
             return math.cos((u + 0.008) / 1.008 * math.pi / 2) ** 2
 
-        return torch.tensor([min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64)
+        return torch.tensor(
+            [min(1 - f((i + 1) / T) / f(i / T), 0.999) for i in range(T)], dtype=torch.float64
+        )
     if kind == "sigmoid":
         return torch.sigmoid(torch.linspace(-6, 6, T, dtype=torch.float64)) * (end - start) + start
-    raise ValueError(f"beta_schedule {kind!r} does not map; difflab reads {', '.join(BETA_SCHEDULES)} or trained_betas")
+    raise ValueError(
+        f"beta_schedule {kind!r} does not map; difflab reads {', '.join(BETA_SCHEDULES)} or trained_betas"
+    )
 
 
 def _named_schedule(cfg: dict[str, Any], T: int) -> str:
@@ -118,7 +122,11 @@ def _named_schedule(cfg: dict[str, Any], T: int) -> str:
     kind = cfg.get("beta_schedule", "linear")
     if kind == "squaredcos_cap_v2":
         return "cosine"
-    if kind == "linear" and T == 1000 and (cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)) == (1e-4, 0.02):
+    if (
+        kind == "linear"
+        and T == 1000
+        and (cfg.get("beta_start", 1e-4), cfg.get("beta_end", 0.02)) == (1e-4, 0.02)
+    ):
         return "linear"
     return "custom"
 
@@ -139,16 +147,21 @@ def map_scheduler(cfg: dict[str, Any]) -> tuple[GaussianDiffusion, SchedulerMapp
     name = cfg.get("_class_name", "DDPMScheduler")
     if name not in DISCRETE_SCHEDULERS:
         raise ValueError(
-            f"scheduler {name!r} does not map onto difflab's DDPM chain; mapped: {', '.join(DISCRETE_SCHEDULERS)}"
+            f"scheduler {name!r} does not map onto difflab's DDPM chain; mapped: "
+            f"{', '.join(DISCRETE_SCHEDULERS)}"
         )
     _refuse(cfg, "rescale_betas_zero_snr", False, "a zero terminal SNR (beta_T = 1) has no finite log-SNR")
-    _refuse(cfg, "thresholding", False, "dynamic thresholding is not implemented; difflab clips x0 to [-1, 1]")
+    _refuse(
+        cfg, "thresholding", False, "dynamic thresholding is not implemented; difflab clips x0 to [-1, 1]"
+    )
     _refuse(cfg, "clip_sample_range", 1.0, "difflab clips images to [-1, 1] only")
     _refuse(cfg, "timestep_type", "discrete", "only discrete timesteps map")
     _refuse(cfg, "use_flow_sigmas", False, "flow matching is not DDPM's chain")
     pred = cfg.get("prediction_type", "epsilon")
     if pred not in PREDICTIONS:
-        raise ValueError(f"scheduler prediction_type={pred!r} does not map; allowed: {', '.join(PREDICTIONS)}")
+        raise ValueError(
+            f"scheduler prediction_type={pred!r} does not map; allowed: {', '.join(PREDICTIONS)}"
+        )
     vt = cfg.get("variance_type") or "fixed_small"
     if vt not in VARIANCE_TYPES:
         raise ValueError(f"scheduler variance_type={vt!r} does not map; allowed: {', '.join(VARIANCE_TYPES)}")
@@ -174,7 +187,9 @@ def map_scheduler(cfg: dict[str, Any]) -> tuple[GaussianDiffusion, SchedulerMapp
     return diffusion, mapping
 
 
-def diffusers_timesteps(timesteps: int, steps: int, spacing: str = "leading", steps_offset: int = 0) -> torch.Tensor:
+def diffusers_timesteps(
+    timesteps: int, steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> torch.Tensor:
     """The decreasing timesteps diffusers' ``set_timesteps(steps)`` walks for ``T = timesteps``
     training steps, as float64 difflab model times (see the module docstring for the formulas).
 
@@ -194,7 +209,9 @@ def diffusers_timesteps(timesteps: int, steps: int, spacing: str = "leading", st
         raise ValueError(f"unknown timestep_spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     t = torch.tensor(t.astype(np.float64).copy())
     if float(t.max()) > timesteps - 1 or float(t.min()) < 0:
-        raise ValueError(f"timestep_spacing {spacing!r} with steps_offset={steps_offset} leaves [0, {timesteps - 1}]")
+        raise ValueError(
+            f"timestep_spacing {spacing!r} with steps_offset={steps_offset} leaves [0, {timesteps - 1}]"
+        )
     return t
 
 
