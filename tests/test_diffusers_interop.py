@@ -40,6 +40,12 @@ def tiny_unet(**kw) -> diffusers.UNet2DModel:
     return unet.eval()
 
 
+def scheduler(cls=None, **kw):
+    """A diffusers scheduler on the linear betas 1e-3..0.2 over T = 100 steps, clip_sample off."""
+    cls = cls or diffusers.DDPMScheduler
+    return cls(**{"num_train_timesteps": T, "beta_start": 1e-3, "beta_end": 0.2, "clip_sample": False, **kw})
+
+
 def save_pipeline(tmp_path, unet, scheduler, name="pipe"):
     folder = tmp_path / name
     diffusers.DDPMPipeline(unet=unet, scheduler=scheduler).save_pretrained(folder)
@@ -48,8 +54,7 @@ def save_pipeline(tmp_path, unet, scheduler, name="pipe"):
 
 @pytest.fixture
 def linear_pipe(tmp_path):
-    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=False)
-    return save_pipeline(tmp_path, tiny_unet(), sched)
+    return save_pipeline(tmp_path, tiny_unet(), scheduler())
 
 
 def test_loaded_model_returns_diffusers_outputs(linear_pipe):
@@ -142,15 +147,7 @@ def _scheduler_loop(sched, unet, x, steps, generator, **step_kw):
 def test_ancestral_reproduces_ddpm_scheduler(tmp_path, variance, prediction, spacing):
     """DDPMScheduler.step on its ``timestep_spacing`` = difflab's ancestral sampler on
     ``diffusers_timesteps``: every intermediate state, from the same x_T and the same noise draws."""
-    sched = diffusers.DDPMScheduler(
-        num_train_timesteps=T,
-        beta_start=1e-3,
-        beta_end=0.2,
-        clip_sample=False,
-        variance_type=variance,
-        prediction_type=prediction,
-        timestep_spacing=spacing,
-    )
+    sched = scheduler(variance_type=variance, prediction_type=prediction, timestep_spacing=spacing)
     folder = save_pipeline(tmp_path, tiny_unet(out_channels=2 if variance == "learned_range" else 1), sched)
     diffusion, model = from_diffusers(folder)
     ref = diffusers.UNet2DModel.from_pretrained(folder / "unet").eval()
@@ -174,7 +171,7 @@ def test_ancestral_reproduces_ddpm_scheduler(tmp_path, variance, prediction, spa
 
 def test_clipped_ancestral_matches_clip_sample(linear_pipe):
     """``clip_sample=True`` (diffusers' default) = difflab's ``clip=(-1, 1)``."""
-    sched = diffusers.DDPMScheduler(num_train_timesteps=T, beta_start=1e-3, beta_end=0.2, clip_sample=True)
+    sched = scheduler(clip_sample=True)
     diffusion, model = from_diffusers(linear_pipe)
     ref = diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").eval()
     x_T = 3 * torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(1))
@@ -194,14 +191,7 @@ def test_ddim_reproduces_ddim_scheduler(linear_pipe, spacing, eta):
     diffusion, model = from_diffusers(linear_pipe)
     ref = diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").eval()
     for steps in (1, 2, 5, 10):
-        sched = diffusers.DDIMScheduler(
-            num_train_timesteps=T,
-            beta_start=1e-3,
-            beta_end=0.2,
-            clip_sample=False,
-            timestep_spacing=spacing,
-            set_alpha_to_one=True,
-        )
+        sched = scheduler(diffusers.DDIMScheduler, timestep_spacing=spacing, set_alpha_to_one=True)
         x_T = torch.randn(2, 1, 8, 8, generator=torch.Generator().manual_seed(steps))
         want = _scheduler_loop(sched, ref, x_T, steps, torch.Generator().manual_seed(9), eta=eta)[-1]
         levels = samplers.make_levels(diffusion.schedule, diffusers_timesteps(T, steps, spacing))
@@ -360,3 +350,14 @@ def test_class_conditional_unet_takes_labels(tmp_path):
         torch.testing.assert_close(model(x, t, y=y), ref(x, t, class_labels=y).sample, rtol=0, atol=1e-6)
     with pytest.raises(ValueError, match="class-conditional"):
         model(x, t)
+
+
+def test_unet_folder_with_scheduler_config(tmp_path, linear_pipe):
+    """A bare UNet2DModel folder holding its scheduler_config.json maps as the pipeline does."""
+    folder = tmp_path / "bare"
+    diffusers.UNet2DModel.from_pretrained(linear_pipe / "unet").save_pretrained(folder)
+    scheduler(prediction_type="v_prediction").save_pretrained(folder)
+    diffusion, model = from_diffusers(folder)
+    assert diffusion.prediction == "v" and model.image_size == (8, 8)
+    with pytest.raises(FileNotFoundError, match="scheduler"):
+        from_diffusers(linear_pipe / "unet")  # weights but no scheduler config: the process is unknown
