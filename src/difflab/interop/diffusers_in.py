@@ -179,7 +179,7 @@ def from_diffusers(
     _check_weights(parts.unet_dir)
     diffusers = require_diffusers()
     unet = diffusers.UNet2DModel.from_pretrained(
-        str(parts.unet_dir), use_safetensors=True, local_files_only=True
+        str(parts.unet_dir), use_safetensors=True, local_files_only=True, low_cpu_mem_usage=False
     )
     diffusion.diffusers = mapping
     return diffusion, DiffusersUNet(unet).to(device).eval()
