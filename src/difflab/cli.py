@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("sample", "eval"):  # a diffusers folder: its output folder (difflab.interop)
             data = getattr(args, "data", None)
             args.run = linked_run.resolve_run(args.run, args.out, data, needs_data=args.command == "eval")
+        if args.command in ("viz", "report"):  # a diffusers folder: the results in its default output folder
+            args.runs = [linked_run.resolve_run(r, needs_data=args.command == "viz") for r in args.runs]
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")

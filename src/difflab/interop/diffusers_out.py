@@ -219,7 +219,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
             "diffusers scheduler"
         )
     if not isinstance(model, UNet):
-        _refuse(f"model.kind={cfg.model.kind!r}: only difflab's U-Net maps")
+        _refuse(f"the model is a {type(model).__name__} ({cfg.model.kind!r}); only difflab's U-Net maps")
     config = unet_config(model, cfg.model)
     weights = unet_state_dict(model, len(cfg.model.channel_mult), cfg.model.num_res_blocks)
     scheduler = scheduler_config_for(diffusion)
