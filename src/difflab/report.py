@@ -51,7 +51,9 @@ th{background:#f6f6f6} td.num{font-variant-numeric:tabular-nums}
 code,pre{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:11.5px}
 pre{background:#f7f7f7;padding:8px;overflow:auto;max-height:320px;border-radius:4px}
 img{max-width:100%;image-rendering:pixelated;border:1px solid #eee}
-.muted{color:#777;font-size:12px} figure{margin:8px 0} figcaption{font-size:12px;color:#555}
+.muted{color:#777;font-size:12px} figcaption{font-size:12px;color:#555}
+.figs{display:flex;flex-wrap:wrap;gap:12px} figure{margin:4px 0;flex:1 1 260px;max-width:420px}
+figure.wide{flex-basis:100%;max-width:900px}
 """
 
 
@@ -147,17 +149,20 @@ def _figures_html(run: Path) -> str:
     for name, caption in FIGURES:
         path = run / name
         if path.is_file():
+            wide = " class=wide" if name == "vlb.png" else ""
             out.append(
-                f"<figure>{_img(path.read_bytes(), name)}<figcaption>{_esc(name)}: {_esc(caption)}"
+                f"<figure{wide}>{_img(path.read_bytes(), name)}<figcaption>{_esc(name)}: {_esc(caption)}"
                 "</figcaption></figure>"
             )
-    return "".join(out) or "<p class=muted>no figures yet (difflab sample / eval / viz write them)</p>"
+    if not out:
+        return "<p class=muted>no figures yet (difflab sample / eval / viz write them)</p>"
+    return f"<div class=figs>{''.join(out)}</div>"
 
 
 def _run_column(run: Path) -> str:
     return (
         f"<div class=run><h2>{_esc(run.name)}</h2><p class=muted>{_esc(run.resolve())}</p>"
-        f"{_figures_html(run)}{_samples_html(run)}<h3>metrics</h3>{_metrics_html(run)}{_summary_html(run)}</div>"
+        f"<h3>metrics</h3>{_metrics_html(run)}{_figures_html(run)}{_samples_html(run)}{_summary_html(run)}</div>"
     )
 
 
