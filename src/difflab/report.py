@@ -82,6 +82,13 @@ def command_for(key: str, run: str) -> str:
     return f"difflab eval --run {run}"
 
 
+def run_argument(run: Path) -> str:
+    """What follows ``--run`` in a command on ``run``: the folder, or for the output folder of a
+    diffusers model that model's folder with ``--out``."""
+    source = _json(run / "diffusers.json").get("source")
+    return f"{source} --out {run}" if source else str(run)
+
+
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.6g}"
@@ -99,9 +106,10 @@ def _table(rows: Sequence[Sequence[str]], head: Sequence[str]) -> str:
 def _metrics_html(run: Path) -> str:
     metrics = _json(run / "metrics.json")
     if not metrics:
-        return f"<p class=muted>no metrics.json: run <code>difflab eval --run {_esc(run)}</code></p>"
+        cmd = f"difflab eval --run {run_argument(run)}"
+        return f"<p class=muted>no metrics.json: run <code>{_esc(cmd)}</code></p>"
     rows = [
-        (f"<code>{_esc(k)}</code>", _esc(_fmt(v)), f"<code>{_esc(command_for(k, str(run)))}</code>")
+        (f"<code>{_esc(k)}</code>", _esc(_fmt(v)), f"<code>{_esc(command_for(k, run_argument(run)))}</code>")
         for k, v in metrics.items()
     ]
     return _table(rows, ("metric", "value", "written by"))
@@ -115,7 +123,7 @@ def _samples_html(run: Path) -> str:
         f"--{k} {v}" for k, v in info.items() if k in ("sampler", "n", "seed", "eta", "class", "guidance")
     )
     extra = ", ".join(f"{k} {v}" for k, v in info.items() if k in ("nfe", "seconds"))
-    cmd = f"difflab sample --run {run} {opts}"
+    cmd = f"difflab sample --run {run_argument(run)} {opts}"
     return f"<p class=muted>drawn by <code>{_esc(cmd)}</code> ({_esc(extra)})</p>"
 
 
@@ -201,4 +209,4 @@ def write_report(runs: Sequence[str | Path], out: str | Path | None = None) -> P
     return out
 
 
-__all__ = ["command_for", "data_uri", "render", "write_report"]
+__all__ = ["command_for", "data_uri", "render", "run_argument", "write_report"]
