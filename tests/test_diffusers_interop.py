@@ -312,6 +312,11 @@ def test_cli_samples_and_scores_a_diffusers_folder(linear_pipe, tmp_path, monkey
         model, build_splits(cfg).test[:6], bins=17, generator=torch.Generator().manual_seed(7)
     )
     assert metrics["bound_bits_per_dim"] == pytest.approx(float(want.total.mean()), rel=1e-5)
+    # the report of a diffusers folder is its output folder's, and names the model folder in commands
+    assert main(["report", "--run", str(linear_pipe)]) == 0
+    page = (out / "report.html").read_text()
+    rel = out.relative_to(tmp_path)  # the default output folder, under the current folder
+    assert f"difflab eval bpd --run {linear_pipe} --out {rel}" in page and "diffusers model" in page
     assert _files(linear_pipe) == before  # the diffusers folder is never written to
     # results inside the model folder are refused, and so is --data on a difflab run
     assert main(["sample", "--run", str(linear_pipe), "--out", str(linear_pipe / "x"), "--no-progress"]) == 2
