@@ -194,9 +194,9 @@ def diffusers_timesteps(
     training steps, as float64 difflab model times (see the module docstring for the formulas).
 
     With ``make_levels`` they make difflab's samplers walk diffusers' chain: ``ancestral`` reproduces
-    ``DDPMScheduler`` for every spacing; ``ddim`` reproduces ``DDIMScheduler`` for ``leading`` and
-    ``trailing`` (``DDIMScheduler`` steps from ``t`` to ``t - T // n``, which is the next listed
-    timestep only for those two, with ``set_alpha_to_one=True``)."""
+    ``DDPMScheduler`` for every spacing; ``ddim`` reproduces ``DDIMScheduler`` (``set_alpha_to_one=True``)
+    for ``leading``, and for ``trailing`` when ``n`` divides ``T``: ``DDIMScheduler`` steps from ``t`` to
+    ``t - T // n``, which is the next listed timestep only then (not for ``linspace``)."""
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= timesteps:
         raise ValueError(f"steps must be an integer in [1, {timesteps}], got {steps!r}")
     if spacing == "linspace":
