@@ -370,14 +370,7 @@ def test_unet_folder_with_scheduler_config(tmp_path, linear_pipe):
 def test_diffusers_imports_without_torchvision():
     """diffusers works with difflab's CPU torch and does not pull in torchvision (which cannot be
     installed with it)."""
-    import subprocess
     import sys
 
-    code = (
-        "import sys, diffusers; diffusers.UNet2DModel; diffusers.DDPMPipeline; "
-        "print('torchvision' in sys.modules)"
-    )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
-    )
-    assert out.stdout.strip() == "False"
+    assert diffusers.UNet2DModel and diffusers.DDPMPipeline and diffusers.DDIMScheduler
+    assert "torchvision" not in sys.modules
