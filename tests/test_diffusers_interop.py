@@ -34,10 +34,16 @@ def tiny_unet(**kw) -> diffusers.UNet2DModel:
     )
     args.update(kw)
     unet = diffusers.UNet2DModel(**args)
-    with torch.no_grad():  # the zero-initialised layers of a fresh model would hide mapping errors
-        for p in unet.parameters():
+    return perturbed(unet).eval()
+
+
+def perturbed(module):
+    """``module`` with every weight moved off its initialisation: the zero-initialised layers of a
+    fresh model would hide mapping errors."""
+    with torch.no_grad():
+        for p in module.parameters():
             p.add_(0.05 * torch.randn_like(p))
-    return unet.eval()
+    return module
 
 
 def scheduler(cls=None, **kw):
@@ -216,10 +222,7 @@ def make_run(tmp_path, *overrides: str, name: str = "run"):
     run.mkdir()
     config.save(cfg, run / "config.toml")
     torch.manual_seed(1)
-    model = build_model(cfg, (1, 8, 8))
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(0.05 * torch.randn_like(p))
+    model = perturbed(build_model(cfg, (1, 8, 8)))
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(run / "model.safetensors"))
     return run
 
