@@ -5,11 +5,11 @@
 #
 # Runs, each section under its own time limit (7.5 minutes in all at most, kill grace included):
 #   env       GPU, PyTorch, CUDA, which Python dependencies are missing            (30 s)
-#   tests     the @pytest.mark.cuda tests: CUDA vs CPU training step, bf16, sampling (120 s)
+#   tests     the @pytest.mark.cuda tests: CUDA vs CPU training step, bf16, sampling  (90 s)
 #   train     cifar10-ddpm U-Net, bf16 autocast, optimizer steps/s, eager            (60 s)
-#   compile   the same under torch.compile (compilation timed apart)                (120 s)
+#   compile   the same under torch.compile (compilation timed apart)                (150 s)
 #   sample    DDIM at 50 NFE, images/s                                               (45 s)
-#   torchrun  a 1-GPU torchrun (DDP/NCCL) smoke run of `difflab train` on digits     (45 s)
+#   torchrun  a 1-GPU torchrun (DDP/NCCL) smoke run of `difflab train` on toy2d      (45 s)
 # and writes one JSON with every section's result (or its error / timeout). Without a GPU it stops
 # within seconds with one message and exit status 3. Exit status 1 if any section failed.
 set -uo pipefail
@@ -55,12 +55,12 @@ PYEOF
 
 cd "$ROOT"
 section env 30 "$PY" bench/gpu_check.py env
-section tests 120 "$PY" bench/gpu_check.py tests
+section tests 90 "$PY" bench/gpu_check.py tests
 section train 60 "$PY" bench/gpu_check.py train
-section compile 120 "$PY" bench/gpu_check.py train --compile
+section compile 150 "$PY" bench/gpu_check.py train --compile
 section sample 45 "$PY" bench/gpu_check.py sample
 section torchrun 45 "$PY" -m torch.distributed.run --standalone --nproc_per_node=1 -m difflab.cli train \
-    --config digits --run-dir "$TMP/ddp-run" --set train.device=cuda --set train.steps=20 \
+    --config toy2d --run-dir "$TMP/ddp-run" --set train.device=cuda --set train.steps=20 \
     --set train.max_minutes=0 --set train.log_every=10 --set train.ckpt_every=20 --no-progress
 
 "$PY" - "$TMP" "$OUT" <<'PYEOF'
