@@ -154,7 +154,8 @@ def map_scheduler(cfg: dict[str, Any]) -> tuple[GaussianDiffusion, SchedulerMapp
     _refuse(
         cfg, "thresholding", False, "dynamic thresholding is not implemented; difflab clips x0 to [-1, 1]"
     )
-    _refuse(cfg, "clip_sample_range", 1.0, "difflab clips images to [-1, 1] only")
+    if cfg.get("clip_sample", True):
+        _refuse(cfg, "clip_sample_range", 1.0, "difflab clips images to [-1, 1] only")
     _refuse(cfg, "timestep_type", "discrete", "only discrete timesteps map")
     _refuse(cfg, "use_flow_sigmas", False, "flow matching is not DDPM's chain")
     pred = cfg.get("prediction_type", "epsilon")
