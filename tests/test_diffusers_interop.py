@@ -142,17 +142,19 @@ def _scheduler_loop(sched, unet, x, steps, generator, **step_kw):
 
 
 @pytest.mark.parametrize(
-    "variance, prediction, spacing",
+    "case",
     [
-        ("fixed_small", "epsilon", "leading"),
-        ("fixed_large", "sample", "linspace"),
-        ("fixed_small", "v_prediction", "trailing"),
-        ("learned_range", "epsilon", "leading"),
+        "fixed_small epsilon leading",
+        "fixed_large sample linspace",
+        "fixed_small v_prediction trailing",
+        "learned_range epsilon leading",
     ],
 )
-def test_ancestral_reproduces_ddpm_scheduler(tmp_path, variance, prediction, spacing):
+def test_ancestral_reproduces_ddpm_scheduler(tmp_path, case):
     """DDPMScheduler.step on its ``timestep_spacing`` = difflab's ancestral sampler on
-    ``diffusers_timesteps``: every intermediate state, from the same x_T and the same noise draws."""
+    ``diffusers_timesteps``: every intermediate state, from the same x_T and the same noise draws.
+    ``case``: variance_type, prediction_type, timestep_spacing."""
+    variance, prediction, spacing = case.split()
     sched = scheduler(variance_type=variance, prediction_type=prediction, timestep_spacing=spacing)
     folder = save_pipeline(tmp_path, tiny_unet(out_channels=2 if variance == "learned_range" else 1), sched)
     diffusion, model = from_diffusers(folder)
