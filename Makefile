@@ -10,7 +10,7 @@ $(BIN)/difflab: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH_SPEC)"
-	$(BIN)/pip install -q -e ".[dev,ode]"
+	$(BIN)/pip install -q "$(TORCH_SPEC)" -e ".[dev,diffusers]"
 	touch $(BIN)/difflab
 
 install: $(BIN)/difflab

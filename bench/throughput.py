@@ -4,7 +4,8 @@
     .bench-venv/bin/python bench/throughput.py --quick    # smoke test (a few steps of everything)
 
 Needs the benchmark venv ``.bench-venv`` (CPU torch + diffusers + difflab installed editable, see
-``bench/README.md``); difflab itself never imports diffusers.
+``bench/README.md``); difflab's own code imports diffusers only in ``difflab.interop`` (the optional
+``difflab[diffusers]`` extra).
 
 One training step = draw a batch (64 MNIST digits from :func:`difflab.data.images.load_mnist`, then
 ``t`` and ``eps``, from one seeded generator, in the trainer's order), ``L_simple`` of

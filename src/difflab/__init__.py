@@ -3,6 +3,7 @@
 from . import gaussian, likelihood, objectives, oracles, samplers, schedules
 from .denoiser import Denoiser
 from .diffusion import GaussianDiffusion
+from .interop import from_diffusers
 from .likelihood import VLBTerms
 from .schedules import DiscreteSchedule
 from .vdm import VDMDiffusion, VDMModel
@@ -16,6 +17,7 @@ __all__ = [
     "VDMDiffusion",
     "VDMModel",
     "VLBTerms",
+    "from_diffusers",
     "gaussian",
     "likelihood",
     "objectives",

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import demo, jobs, likelihood_jobs
+from .interop import linked_run
 from .train.checkpoint import upgrade_checkpoint
 from .train.trainer import Interrupted
 
@@ -128,6 +129,7 @@ def _parser() -> argparse.ArgumentParser:
         help="classifier-free guidance scale: 1 = conditional (default), 0 = unconditional, "
         "> 1 sharper (the 'w' of the DDPM convention is S - 1)",
     )
+    s.add_argument("--out", default=None, help=OUT_HELP)
     s.add_argument("--no-progress", action="store_true")
 
     e = sub.add_parser("eval", help="metrics of a trained run: bpd, fd, sw or all that fit its data")
@@ -155,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
         "--atol", type=_finite(0.0, strict=True), default=1e-5,
         help="--ode: absolute tolerance of RK45 (1e-5)",
     )
+    e.add_argument(
+        "--data", default=None, help="--run is a diffusers folder: the data scored (digits, mnist, an image "
+        "folder or a .npy/.npz file)",
+    )
+    e.add_argument("--out", default=None, help=OUT_HELP)
     e.add_argument("--no-progress", action="store_true")
 
     v = sub.add_parser("viz", help="figures of trained runs")
@@ -184,7 +191,23 @@ def _parser() -> argparse.ArgumentParser:
         help="convert a checkpoint of an older difflab (formats 1-2) that you trust to the safe format 3",
     )
     u.add_argument("path", help="the checkpoint file (it is unpickled once: only for files you trust)")
+
+    x = sub.add_parser("export", help="write a difflab U-Net run as a diffusers pipeline folder")
+    x.add_argument("--run", "--run-dir", dest="run", required=True, help="run folder of a U-Net run")
+    x.add_argument("--diffusers", dest="out", required=True, metavar="OUT", help="new folder to write")
+    x.add_argument("--no-progress", action="store_true")
+
+    r = sub.add_parser("report", help="one self-contained HTML page of one or more runs")
+    r.add_argument("--run", "--run-dir", dest="runs", action="append", required=True, help="repeatable")
+    r.add_argument("--out", default=None, help="HTML path (default: RUN/report.html of the first run)")
+    r.add_argument("--no-progress", action="store_true")
     return p
+
+
+OUT_HELP = (
+    "--run is a diffusers folder: where results go (default: runs/from-diffusers/NAME; the diffusers "
+    "folder is never written to)"
+)
 
 
 def _print(obj) -> None:
@@ -195,6 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     progress = not getattr(args, "no_progress", False)
     try:
+        if args.command in ("sample", "eval"):  # a diffusers folder: its output folder (difflab.interop)
+            data = getattr(args, "data", None)
+            args.run = linked_run.resolve_run(args.run, args.out, data, needs_data=args.command == "eval")
+        if args.command in ("viz", "report"):  # a diffusers folder: the results in its default output folder
+            args.runs = [linked_run.resolve_run(r, needs_data=args.command == "viz") for r in args.runs]
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")
@@ -239,6 +267,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "upgrade-checkpoint":
             print(f"upgraded {upgrade_checkpoint(args.path)} to checkpoint format 3")
+        elif args.command == "export":
+            from .interop.diffusers_out import export_run
+
+            _print(export_run(args.run, args.out))
+        elif args.command == "report":
+            from .report import write_report
+
+            _print({"report": str(write_report(args.runs, args.out))})
     except Interrupted as exc:
         print(f"difflab {args.command}: {exc}", file=sys.stderr)
         return 128 + exc.signum

@@ -176,6 +176,10 @@ def _run_config(run_dir: Path) -> Config:
 def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
     """``(config, diffusion, EMA model, data splits)`` of a trained run folder."""
     run_dir = Path(run_dir)
+    if (run_dir / "diffusers.json").is_file():  # the output folder of a diffusers model (difflab.interop)
+        from .interop.linked_run import load_linked_run
+
+        return load_linked_run(run_dir)
     cfg = _run_config(run_dir)
     splits = build_splits(cfg)
     check_split(run_dir, splits.info)
