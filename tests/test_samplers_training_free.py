@@ -1,0 +1,243 @@
+"""UniPC, DEIS, iPNDM, singlestep DPM-Solver++ and the adaptive DPM-Solver against exact answers.
+
+For Gaussian data ``N(MU, S^2)`` the probability-flow ODE has a closed-form solution (in ``x~ = x/alpha``,
+``(x~ - MU)/sqrt(S^2 + sigma~^2)`` is constant along a trajectory), so every deterministic sampler is
+compared per sample with the exact endpoint from the same ``x_T``: the flow to the last level followed
+by the shared last step (``x0_hat`` there). Orders are slopes of log(error) against log(NFE); special
+cases are checked against other samplers of the package, computed independently.
+"""
+
+import math
+
+import pytest
+import torch
+
+import difflab as dl
+from difflab.oracles import GaussianOracle
+from difflab.samplers import DEFAULT_SPACING, SAMPLERS, make_levels
+from difflab.samplers.budget import RECOMMENDED, levels_for_nfe, recommend
+
+MU, S = 0.5, 0.3
+
+
+@pytest.fixture(scope="module")
+def diffusion():
+    return dl.GaussianDiffusion("linear", 1000)
+
+
+@pytest.fixture(scope="module")
+def oracle(diffusion):
+    return GaussianOracle(diffusion, MU, S)
+
+
+def exact_endpoint(diffusion, x_T, steps=2, spacing="logsnr"):
+    """The exact flow from the first to the last level, then ``x0_hat`` at the last level (closed form)."""
+    lv = make_levels(diffusion.schedule, diffusion.timesteps_for(steps, spacing))
+    s_T, s_0 = float(lv.sigma_ve[0]), float(lv.sigma_ve[-1])
+    x = MU + (x_T / float(lv.alpha[0]) - MU) * math.sqrt(S**2 + s_0**2) / math.sqrt(S**2 + s_T**2)
+    return MU + S**2 * (x - MU) / (S**2 + s_0**2)
+
+
+class Counting:
+    def __init__(self, model):
+        self.model, self.calls = model, 0
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.model(x, t)
+
+
+def x_T(n=64, seed=3):
+    return torch.randn(n, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+
+
+def error_and_nfe(diffusion, oracle, name, steps, spacing="edm", **options):
+    z = x_T()
+    x, nfe = diffusion.sample(oracle, z.shape, sampler=name, steps=steps, spacing=spacing, x_T=z,
+                              return_nfe=True, **options)
+    return float((x - exact_endpoint(diffusion, z)).pow(2).mean().sqrt()), nfe
+
+
+# name, options, order of convergence in NFE on EDM's spacing
+ORDERS = [
+    ("unipc", {}, 4),  # UniP-3 + UniC: order 3 + 1
+    ("unipc", {"variant": "bh1"}, 4),
+    ("unipc", {"prediction": "noise"}, 4),
+    ("unipc", {"order": 2}, 3),
+    ("unipc", {"order": 2, "corrector": False}, 2),
+    ("unipc", {"order": 1}, 2),
+    ("deis", {}, 3),
+    ("deis", {"basis": "t"}, 3),
+    ("deis", {"basis": "rho", "order": 2}, 2),
+    ("ipndm", {}, 2),  # equal-step Adams-Bashforth weights on unequal steps: second order
+    ("dpm++2s", {}, 2),
+    ("dpm++2s", {"solver_type": "heun"}, 2),
+    ("dpm++3s", {}, 3),
+    ("dpm++3s", {"solver_type": "heun"}, 3),
+]
+
+
+@pytest.mark.parametrize("name, options, order", ORDERS)
+def test_order_of_convergence_against_the_exact_flow(diffusion, oracle, name, options, order):
+    steps = (30, 60) if name.startswith("dpm++") else (60, 120)  # the singlestep ones: 2-3 NFE a level
+    (e1, n1), (e2, n2) = (error_and_nfe(diffusion, oracle, name, n, **options) for n in steps)
+    slope = math.log(e1 / e2) / math.log(n2 / n1)
+    assert abs(slope - order) < 0.35, (slope, e1, e2)
+    assert e2 < 1e-3
+
+
+@pytest.mark.parametrize(
+    "name, options, expected",
+    [
+        ("unipc", {}, lambda n: n),
+        ("unipc", {"corrector": False}, lambda n: n),
+        ("deis", {"basis": "t"}, lambda n: n),
+        ("ipndm", {}, lambda n: n),
+        ("dpm++2s", {}, lambda n: 2 * n - 1),
+        ("dpm++3s", {}, lambda n: 3 * n - 2),
+    ],
+)
+def test_nfe_is_counted_and_as_documented(diffusion, oracle, name, options, expected):
+    counting = Counting(oracle)
+    x, nfe = diffusion.sample(counting, (8, 2), sampler=name, steps=9, return_nfe=True, **options)
+    assert nfe == counting.calls == expected(9)
+    assert bool(torch.isfinite(x).all()) and x.dtype == torch.float32
+
+
+@pytest.mark.parametrize(
+    "name, options, other, other_options",
+    [
+        ("unipc", {"order": 1, "corrector": False}, "ddim", {}),
+        ("deis", {"order": 1}, "ddim", {}),
+        ("ipndm", {"order": 1}, "euler", {}),
+        # UniP-2 with B2(h) = e^-h - 1 is DPM-Solver++(2M) (paper, sec. 3.3)
+        ("unipc", {"order": 2, "corrector": False}, "dpm++2m", {}),
+        ("unipc", {"order": 3, "corrector": False, "lower_order_final": False}, "dpm++3m",
+         {"lower_order_final": False}),
+    ],
+)
+def test_special_cases_are_the_known_samplers(diffusion, oracle, name, options, other, other_options):
+    z = x_T(16)
+    for spacing in ("edm", "quadratic"):
+        a = diffusion.sample(oracle, z.shape, sampler=name, steps=13, spacing=spacing, x_T=z, **options)
+        b = diffusion.sample(oracle, z.shape, sampler=other, steps=13, spacing=spacing, x_T=z,
+                             **other_options)
+        if other == "dpm++3m":  # UniP-3 solves for its coefficients, 3M integrates the quadratic exactly:
+            assert float((a - b).abs().max()) < 2e-3  # the same third-order method, not the same numbers
+        else:
+            torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_deis_log_rho_coefficients_match_their_closed_form(diffusion, oracle):
+    """Second-order AB-DEIS in ``log rho`` has ``int L_j drho`` in closed form
+    (``int (log r - log c) dr = r (log r - log c - 1)``): a hand-rolled sampler gives the same samples."""
+    z = x_T(16)
+    lv = make_levels(diffusion.schedule, diffusion.timesteps_for(11, "edm"))
+    sig = lv.sigma_ve_to_data()
+    den = diffusion.denoiser(oracle)
+    x, prev = z / float(lv.alpha[0]), None
+    for i in range(len(lv)):
+        x0, _ = den(float(lv.alpha[i]) * x, lv.t[i])
+        if float(sig[i + 1]) == 0:
+            x = x0
+            break
+        eps = (x - x0) / float(sig[i])
+        a, b = float(sig[i]), float(sig[i + 1])
+        if prev is None:  # the first step is first order
+            x_new = x + (b - a) * eps
+        else:
+            c = float(sig[i - 1])
+
+            def ind(r, node, other):  # int (log r - log other)/(log node - log other) dr
+                return r * (math.log(r) - math.log(other) - 1) / (math.log(node) - math.log(other))
+
+            c0 = ind(b, a, c) - ind(a, a, c)
+            c1 = ind(b, c, a) - ind(a, c, a)
+            x_new = x + c0 * eps + c1 * prev
+        x, prev = x_new, eps
+    got = diffusion.sample(oracle, z.shape, sampler="deis", steps=11, spacing="edm", x_T=z, order=2,
+                           basis="log_rho")
+    torch.testing.assert_close(got, x, rtol=1e-10, atol=1e-10)
+
+
+def test_adaptive_reaches_its_tolerance_and_counts_every_evaluation(diffusion, oracle):
+    z = x_T()
+    ref = exact_endpoint(diffusion, z)
+    errs, nfes = {}, {}
+    for order, tol in ((2, 1e-3), (3, 1e-3), (3, 1e-5)):
+        counting = Counting(oracle)
+        x, nfe = diffusion.sample(counting, z.shape, sampler="dpm-adaptive", x_T=z, rtol=tol, atol=tol,
+                                  order=order, return_nfe=True)
+        assert nfe == counting.calls
+        errs[order, tol], nfes[order, tol] = float((x - ref).abs().max()), nfe
+    assert errs[3, 1e-5] < 1e-4 < errs[3, 1e-3], errs  # tolerance 1e-5: within 10x of it per sample
+    assert nfes[3, 1e-5] > nfes[3, 1e-3], nfes  # tighter costs more
+    assert nfes[3, 1e-3] < nfes[2, 1e-3], nfes  # the 2-3 pair needs fewer evaluations than the 1-2 pair
+
+
+PROCESSES = {
+    "ddpm": lambda: dl.GaussianDiffusion("linear", 1000),
+    "ve": lambda: __import__("difflab.processes", fromlist=["VEDiffusion"]).VEDiffusion(),
+    "edm": lambda: __import__("difflab.processes", fromlist=["EDMDiffusion"]).EDMDiffusion(),
+    "vdm": lambda: __import__("difflab.vdm", fromlist=["VDMDiffusion"]).VDMDiffusion("linear"),
+}
+NEW = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s", "dpm-adaptive")
+
+
+@pytest.mark.parametrize("process", list(PROCESSES))
+def test_every_new_sampler_solves_every_process(process):
+    """VP (DDPM), VE, EDM and VDM: the same ODE in ``x~``; each sampler lands near the exact endpoint."""
+    d = PROCESSES[process]()
+    oracle = GaussianOracle(d, MU, S)
+    lv = make_levels(d.schedule, d.timesteps_for(16, "logsnr"))
+    z = d.prior_std(lv) * x_T(16)
+    ref = exact_endpoint(d, z, 16, "logsnr")
+    for name in NEW:
+        x = d.sample(oracle, z.shape, sampler=name, steps=16, spacing="logsnr", x_T=z,
+                     **({"rtol": 1e-3, "atol": 1e-3} if name == "dpm-adaptive" else {}))
+        err = float((x - ref).abs().max()) / max(1.0, float(ref.abs().max()))
+        assert err < 0.02, (process, name)
+
+
+@pytest.mark.parametrize(
+    "name, options, word",
+    [
+        ("unipc", {"order": 4}, "order"),
+        ("unipc", {"variant": "bh3"}, "variant"),
+        ("unipc", {"prediction": "v"}, "prediction"),
+        ("deis", {"basis": "lambda"}, "basis"),
+        ("deis", {"order": True}, "order"),
+        ("ipndm", {"order": 5}, "order"),
+        ("dpm++2s", {"r1": 1.5}, "r1"),
+        ("dpm++3s", {"r1": 0.7, "r2": 0.5}, "r1"),
+        ("dpm++3s", {"solver_type": "taylor"}, "solver_type"),
+        ("dpm-adaptive", {"order": 1}, "order"),
+        ("dpm-adaptive", {"rtol": 0.0}, "rtol"),
+        ("dpm-adaptive", {"max_growth": -1.0}, "max_growth"),
+    ],
+)
+def test_bad_options_raise_one_line_errors(diffusion, oracle, name, options, word):
+    with pytest.raises(ValueError, match=word) as info:
+        diffusion.sample(oracle, (4, 1), sampler=name, steps=5, **options)
+    assert "\n" not in str(info.value)
+
+
+def test_new_samplers_are_registered_with_a_default_spacing():
+    for name in NEW:
+        assert name in SAMPLERS and name in DEFAULT_SPACING
+
+
+def test_recommended_configuration_fits_each_budget(diffusion, oracle):
+    """``recommend(nfe)`` spends at most ``nfe`` evaluations, and beats DDIM at the same budget."""
+    z = x_T(32)
+    ref = exact_endpoint(diffusion, z)
+    for nfe in (3, 5, 8, 10, 20, 50, 200):
+        sampler, steps, spacing = recommend(nfe)
+        counting = Counting(oracle)
+        x, used = diffusion.sample(counting, z.shape, sampler=sampler, steps=steps, spacing=spacing, x_T=z,
+                                   return_nfe=True)
+        assert used <= nfe and used == counting.calls
+        assert levels_for_nfe(sampler, nfe) == steps
+        ddim = diffusion.sample(oracle, z.shape, sampler="ddim", steps=nfe, x_T=z)
+        assert float((x - ref).pow(2).mean()) < float((ddim - ref).pow(2).mean()), nfe
+    assert sorted(RECOMMENDED) == list(RECOMMENDED)
