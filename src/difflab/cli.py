@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import config as config_mod
 from . import jobs, likelihood_jobs
+from .samplers import budget
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -60,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
         "(default: the config's)",
     )
     s.add_argument("--steps", type=int, default=None, help="number of steps (default: all T)")
+    s.add_argument("--nfe", type=int, default=None, help="network evaluations to spend instead of --steps; "
+                   "without --sampler: the recommended sampler and spacing for it (docs/samplers.md)")
     s.add_argument(
         "--spacing", default=None, help="uniform, quadratic, logsnr or edm (default: the sampler's preferred)"
     )
@@ -137,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print(summary)
                 print(f"run folder: {run}")
         elif args.command == "sample":
+            budget.apply_nfe(args)  # --nfe N: the sampler, steps and spacing for N evaluations
             _print(
                 jobs.sample(
                     args.run,

@@ -8,9 +8,19 @@ The error estimate is the root mean square over every element of the batch of
 
     (x~_high - x~_low) / delta,      delta = max(atol, rtol max(|x~_low|, |x~_prev|)),
 
-(``x~_prev`` the last accepted state). The step is accepted when ``E <= 1`` (the state moves to
-``x~_high``); either way the next ``h`` is ``min(theta h E^(-1/order), lambda_end - lambda)``
-(Algorithm 4, ``theta = 0.9``). ``D`` at the start of a step is computed once, whatever the rejections.
+(``x~_prev`` the lower-order solution of the last accepted step). The step is accepted when ``E <= 1``
+(the state moves to ``x~_high``); either way the next ``h`` is ``theta h E^(-1/order)`` (Algorithm 4),
+capped at the end of the interval. ``D`` at the start of a step is computed once,
+whatever the rejections.
+
+Four defaults differ from Algorithm 4, all measured (``bench/samplers_peers.py``, ``docs/samplers.md``):
+the growth of ``h`` per attempt is capped at ``max_growth = 2`` (the usual safeguard of adaptive
+Runge-Kutta codes; uncapped, one very small error estimate lets the next step jump across the
+transition from noise to data, where the two solutions of a pair can agree by chance), and the pair
+integrates ``D`` in its ``"heun"`` (Taylor) form (:mod:`.singlestep`); ``theta = 0.7`` instead of 0.9
+(fewer rejected attempts: 1.3-2x less error at equal NFE on the mixture oracle at tight tolerances)
+and ``h_init = 0.5`` (the paper's 0.05 spends the first evaluations on steps far below what the
+tolerance allows at high noise).
 
 The integration runs from the first to the last level in ``lambda = -log sigma~`` (the levels between
 do not matter), evaluating the model at the model times of the points it picks; the step from the
@@ -30,8 +40,8 @@ from .levels import Levels
 from .singlestep import first_order_step, second_order_step, third_order_step
 from .ve import VEDenoiser, check_choice, check_count, check_order, check_positive
 
-#: the safety factor of Algorithm 4
-THETA = 0.9
+#: the safety factor of the step update (Algorithm 4 has 0.9; 0.7 measured more accurate per NFE)
+THETA = 0.7
 #: the most a step may grow after one attempt (see the module docstring)
 MAX_GROWTH = 2.0
 
@@ -63,9 +73,9 @@ def dpm_adaptive(
 ) -> torch.Tensor:
     """DPM-Solver-12 (``order=2``) or DPM-Solver-23 (``order=3``) with error control to ``rtol``/``atol``
     (in units of ``x~ = x/alpha``; the paper's defaults 0.05 and 0.0078), first step ``h_init`` in
-    ``lambda``, safety ``theta``; ``solver_type`` of the singlestep pair. ``generator`` and
-    ``progress`` are accepted for a uniform signature; the solver is deterministic and silent.
-    ``max_steps`` bounds the attempts (a ``RuntimeError`` past it)."""
+    ``lambda``, safety ``theta``, growth cap ``max_growth``; ``solver_type`` of the singlestep pair.
+    ``generator`` and ``progress`` are accepted for a uniform signature; the solver is deterministic and
+    silent. ``max_steps`` bounds the attempts (a ``RuntimeError`` past it)."""
     check_order(order, (2, 3))
     check_positive(rtol=rtol, atol=atol, h_init=h_init, theta=theta, max_growth=max_growth)
     check_choice("solver_type", solver_type, SOLVER_TYPES)

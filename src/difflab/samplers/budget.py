@@ -49,3 +49,25 @@ def recommend(nfe: int) -> tuple[str, int, str]:
         raise ValueError(f"nfe must be an integer >= 1, got {nfe!r}")
     sampler, spacing = RECOMMENDED[max(k for k in RECOMMENDED if k <= nfe)]
     return sampler, levels_for_nfe(sampler, nfe), spacing
+
+
+def plan(
+    nfe: int | None, sampler: str | None, steps: int | None, spacing: str | None
+) -> tuple[str | None, int | None, str | None]:
+    """``(sampler, steps, spacing)`` for ``difflab sample``: unchanged without ``nfe``; with it, the
+    recommended configuration when no sampler is named (a given ``spacing`` is kept), else the levels
+    of ``sampler`` that fit the budget. ``nfe`` and ``steps`` together are refused."""
+    if nfe is None:
+        return sampler, steps, spacing
+    if steps is not None:
+        raise ValueError(f"give --nfe or --steps, not both (got nfe={nfe}, steps={steps})")
+    if sampler is None:
+        sampler, steps, recommended_spacing = recommend(nfe)
+        return sampler, steps, spacing or recommended_spacing
+    return sampler, levels_for_nfe(sampler, nfe), spacing
+
+
+def apply_nfe(args) -> None:
+    """:func:`plan` on a parsed ``difflab sample`` command line: sets its ``sampler``, ``steps`` and
+    ``spacing`` from its ``nfe`` (a no-op when ``nfe`` is None)."""
+    args.sampler, args.steps, args.spacing = plan(args.nfe, args.sampler, args.steps, args.spacing)
