@@ -62,8 +62,8 @@ def error_and_nfe(diffusion, oracle, name, steps, spacing="edm", **options):
 # name, options, order of convergence in NFE on EDM's spacing
 ORDERS = [
     ("unipc", {}, 4),  # UniP-3 + UniC: order 3 + 1
-    ("unipc", {"variant": "bh1"}, 4),
-    ("unipc", {"prediction": "noise"}, 4),
+    ("unipc", {"variant": "bh2"}, 4),
+    ("unipc", {"prediction": "data"}, 4),
     ("unipc", {"order": 2}, 3),
     ("unipc", {"order": 2, "corrector": False}, 2),
     ("unipc", {"order": 1}, 2),
@@ -112,9 +112,9 @@ def test_nfe_is_counted_and_as_documented(diffusion, oracle, name, options, expe
         ("deis", {"order": 1}, "ddim", {}),
         ("ipndm", {"order": 1}, "euler", {}),
         # UniP-2 with B2(h) = e^-h - 1 is DPM-Solver++(2M) (paper, sec. 3.3)
-        ("unipc", {"order": 2, "corrector": False}, "dpm++2m", {}),
-        ("unipc", {"order": 3, "corrector": False, "lower_order_final": False}, "dpm++3m",
-         {"lower_order_final": False}),
+        ("unipc", {"order": 2, "corrector": False, "variant": "bh2", "prediction": "data"}, "dpm++2m", {}),
+        ("unipc", {"order": 3, "corrector": False, "lower_order_final": False, "prediction": "data"},
+         "dpm++3m", {"lower_order_final": False}),
     ],
 )
 def test_special_cases_are_the_known_samplers(diffusion, oracle, name, options, other, other_options):

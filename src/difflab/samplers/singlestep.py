@@ -16,10 +16,11 @@ the step itself (first- and second-order steps to them) and integrates the resul
   ``x~' = e^-h x~ + J_0 D_0 + J_1 (D_2 - D_0)/(r2 h)`` (``"midpoint"``, the paper's) or, with the
   quadratic through ``D_0, D_1, D_2`` (``"heun"``), ``+ J_1 D' + J_2 D''/2``.
 
-The intermediate points lie between the listed levels: the model is evaluated at their model times
-(``VEDenoiser.at_sigma``). Defaults ``r1 = 1/2`` (2S) and ``r1, r2 = 1/3, 2/3`` (3S) as in the papers.
-The step to the data is ``x~ = x0_hat``, so ``N`` levels cost ``2N - 1`` (2S) or ``3N - 2`` (3S)
-evaluations.
+``solver_type="heun"`` is the default of both: it measured more accurate than the papers' form on
+average over 5-20 NFE on the oracles of ``docs/samplers.md``. The intermediate points lie between the
+listed levels: the model is evaluated at their model times (``VEDenoiser.at_sigma``). Defaults
+``r1 = 1/2`` (2S) and ``r1, r2 = 1/3, 2/3`` (3S) as in the papers. The step to the data is
+``x~ = x0_hat``, so ``N`` levels cost ``2N - 1`` (2S) or ``3N - 2`` (3S) evaluations.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def dpmpp_2s(
     levels: Levels,
     *,
     r1: float = 0.5,
-    solver_type: str = "midpoint",
+    solver_type: str = "heun",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
@@ -128,7 +129,7 @@ def dpmpp_3s(
     *,
     r1: float = 1 / 3,
     r2: float = 2 / 3,
-    solver_type: str = "midpoint",
+    solver_type: str = "heun",
     generator: torch.Generator | None = None,
     progress: bool = False,
 ) -> torch.Tensor:
