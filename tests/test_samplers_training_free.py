@@ -269,3 +269,18 @@ def test_budget_plan_for_the_command_line():
     for bad in bad_plans:
         with pytest.raises(ValueError):
             plan(*bad)
+
+
+def test_a_learned_variance_network_samples_by_its_eps_channels(oracle):
+    """With ``variance="learned"`` the network has variance channels too; the ODE samplers read only
+    ``eps``: the samples equal those of the eps-only network on the fixed-variance process."""
+    learned = dl.GaussianDiffusion("linear", 1000, variance="learned")
+    z = x_T(8)
+
+    def model(x, t):
+        return torch.cat([oracle(x, t), torch.zeros_like(x)], dim=1)
+
+    for name in NEW:
+        a = learned.sample(model, z.shape, sampler=name, steps=6, x_T=z)
+        b = oracle.diffusion.sample(oracle, z.shape, sampler=name, steps=6, x_T=z)
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
