@@ -284,3 +284,10 @@ def test_a_learned_variance_network_samples_by_its_eps_channels(oracle):
         a = learned.sample(model, z.shape, sampler=name, steps=6, x_T=z)
         b = oracle.diffusion.sample(oracle, z.shape, sampler=name, steps=6, x_T=z)
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_edm_jump_is_edm_when_the_top_level_is_at_the_jump():
+    from difflab.processes import VEDiffusion
+
+    d = VEDiffusion(sigma_min=0.01, sigma_max=10.0)
+    torch.testing.assert_close(d.timesteps_for(12, "edm-jump"), d.timesteps_for(12, "edm"), rtol=0, atol=0)
