@@ -8,6 +8,8 @@ sampler. ``difflab sample --nfe N`` uses both.
 
 from __future__ import annotations
 
+import argparse
+
 #: smallest NFE of the row -> (sampler, spacing); the row of a budget is the last one it reaches.
 #: Each sampler runs with its default options (see ``docs/samplers.md`` for the measurements).
 #: Chosen per budget by the smallest worst case, over the two oracle families, of the error relative to
@@ -71,7 +73,7 @@ def plan(
     return sampler, levels_for_nfe(sampler, nfe), spacing
 
 
-def apply_nfe(args) -> None:
+def apply_nfe(args: argparse.Namespace) -> None:
     """:func:`plan` on a parsed ``difflab sample`` command line: sets its ``sampler``, ``steps`` and
     ``spacing`` from its ``nfe`` (a no-op when ``nfe`` is None)."""
     args.sampler, args.steps, args.spacing = plan(args.nfe, args.sampler, args.steps, args.spacing)

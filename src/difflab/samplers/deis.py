@@ -23,6 +23,7 @@ step to the data is ``x~ = x0_hat``. ``N`` levels cost ``N`` evaluations.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ _NODES, _WEIGHTS = np.polynomial.legendre.leggauss(QUADRATURE_NODES)
 
 
 def lagrange_integrals(
-    nodes: list[float], u_from: float, u_to: float, variable
+    nodes: list[float], u_from: float, u_to: float, variable: Callable[[np.ndarray], np.ndarray]
 ) -> list[float]:
     """``int_{e^u_from}^{e^u_to} L_j(v(rho)) drho`` for the Lagrange basis ``L_j`` on ``nodes`` (in ``v``),
     by Gauss-Legendre quadrature in ``u = log rho``; ``variable`` maps ``rho`` (numpy) to ``v``."""
@@ -56,7 +57,7 @@ def lagrange_integrals(
     return out
 
 
-def time_variable(basis: str, denoiser: Denoiser):
+def time_variable(basis: str, denoiser: Denoiser) -> Callable[[np.ndarray], np.ndarray]:
     """``v(rho)`` of ``basis`` on numpy arrays: the model time (through the denoiser's schedule),
     ``rho`` itself or ``log rho``."""
     if basis == "rho":
