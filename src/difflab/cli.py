@@ -12,6 +12,8 @@ from pathlib import Path
 from . import config as config_mod
 from . import demo, jobs, likelihood_jobs
 from .interop import linked_run
+from .samplers import SAMPLERS, budget
+from .samplers.levels import SPACINGS
 from .train.checkpoint import upgrade_checkpoint
 from .train.trainer import Interrupted
 
@@ -107,12 +109,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--sampler",
         default=None,
-        help="ancestral, ddim, euler, heun, dpm++2m, dpm++3m, dpm++2m-sde, pc, ode or langevin "
+        help=f"{', '.join(SAMPLERS)} "
         "(default: the config's)",
     )
     s.add_argument("--steps", type=_positive_int, default=None, help="number of steps (default: all T)")
     s.add_argument(
-        "--spacing", default=None, help="uniform, quadratic, logsnr or edm (default: the sampler's preferred)"
+        "--nfe", type=_positive_int, default=None,
+        help="network evaluations to spend instead of --steps; without --sampler: the recommended sampler "
+        "and spacing for it (docs/samplers.md)",
+    )
+    s.add_argument(
+        "--spacing", default=None, help=f"{', '.join(SPACINGS)} (default: the sampler's preferred)"
     )
     s.add_argument(
         "--eta", type=_finite(0.0), default=None,
@@ -231,6 +238,7 @@ def main(argv: list[str] | None = None) -> int:
                 _print(summary)
                 print(f"run folder: {run}")
         elif args.command == "sample":
+            budget.apply_nfe(args)  # --nfe N: the sampler, steps and spacing for N evaluations
             _print(
                 jobs.sample(
                     args.run,

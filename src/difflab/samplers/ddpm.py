@@ -20,7 +20,8 @@ VARIANCES = ("fixed_small", "fixed_large", "learned")
 FIXED_VARIANCES = ("fixed_small", "fixed_large")
 
 
-def _progress(it, total: int, enabled: bool, desc: str):
+def progress_iter(it, total: int, enabled: bool, desc: str):
+    """``it`` itself, or wrapped in a tqdm progress bar of ``total`` steps when ``enabled``."""
     if not enabled:
         return it
     from tqdm.auto import tqdm
@@ -28,8 +29,12 @@ def _progress(it, total: int, enabled: bool, desc: str):
     return tqdm(it, total=total, desc=desc, leave=False)
 
 
-def _noise(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Standard normal noise of ``x``'s shape, device and dtype, drawn with ``generator``."""
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+
+
+_progress, _noise = progress_iter, noise_like  # the names other modules of the package still import
 
 
 @torch.no_grad()

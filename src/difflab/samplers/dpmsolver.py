@@ -30,14 +30,15 @@ import math
 import torch
 
 from ..denoiser import Denoiser
-from .ddpm import _noise, _progress
+from .ddpm import noise_like as _noise
+from .ddpm import progress_iter as _progress
 from .levels import Levels
 from .ve import VEDenoiser, check_nonnegative
 
 SOLVER_TYPES = ("midpoint", "heun")
 
 
-def _kernel_moments(h: float, k: float) -> tuple[float, float, float]:
+def kernel_moments(h: float, k: float) -> tuple[float, float, float]:
     """``J_n = int_0^h k e^{k(tau-h)} tau^n dtau`` for ``n = 0, 1, 2``, by parts from ``J_0``."""
     j0 = -math.expm1(-k * h)
     j1 = h - j0 / k
@@ -74,7 +75,7 @@ def _multistep(
             x = d0
             continue
         h = float(ell[i + 1] - ell[i])
-        j0, j1, j2 = _kernel_moments(h, 1.0 + eta)
+        j0, j1, j2 = kernel_moments(h, 1.0 + eta)
         q = min(order, len(hist), n - i) if lower_order_final else min(order, len(hist))
         x = float(sig[i + 1] / sig[i]) * math.exp(-eta * h) * x + j0 * d0
         if q >= 2:

@@ -24,7 +24,8 @@ import math
 import torch
 
 from ..denoiser import Denoiser
-from .ddpm import _noise, _progress
+from .ddpm import noise_like as _noise
+from .ddpm import progress_iter as _progress
 from .levels import Levels
 from .ve import VEDenoiser, check_nonnegative
 

@@ -12,7 +12,8 @@ import torch
 
 from ..denoiser import Denoiser
 from ..gaussian import transition_variance
-from .ddpm import _noise, _progress
+from .ddpm import noise_like as _noise
+from .ddpm import progress_iter as _progress
 from .levels import Levels
 from .ve import check_count, check_positive
 

@@ -88,3 +88,15 @@ def check_count(**options: int) -> None:
     for name, value in options.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+
+
+def check_choice(name: str, value, allowed: tuple) -> None:
+    """A one-line ``ValueError`` naming ``value`` and what ``name`` allows."""
+    if value not in allowed:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
+
+
+def check_order(order, allowed: tuple[int, ...]) -> None:
+    """A one-line ``ValueError`` unless ``order`` is one of the integers ``allowed``."""
+    if isinstance(order, bool) or order not in allowed:
+        raise ValueError(f"order must be one of {', '.join(map(str, allowed))}, got {order!r}")
