@@ -219,7 +219,9 @@ def make_run(tmp_path, *overrides: str, name: str = "run"):
     from difflab import config
     from difflab.build import build_model
 
-    cfg = config.load("digits", list(overrides))
+    # the digits U-Net at 32 channels (diffusers' GroupNorm takes 32 groups) with attention at 4x4
+    base = ["model.channels=32", "model.attention_resolutions=[4]", "model.dropout=0.1"]
+    cfg = config.load("digits", base + list(overrides))
     run = tmp_path / name
     run.mkdir()
     config.save(cfg, run / "config.toml")

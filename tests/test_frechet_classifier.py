@@ -6,7 +6,13 @@ import torch
 from sklearn.datasets import load_digits
 
 from difflab.metrics import frechet_distance, frechet_distance_features
-from difflab.metrics.classifier_features import accuracy, classifier_scores, load_or_train_classifier
+from difflab.metrics.classifier_features import (
+    accuracy,
+    classifier_scores,
+    confidence_report,
+    load_or_train_classifier,
+    noise_images,
+)
 
 
 def test_frechet_distance_diagonal_closed_form():
@@ -58,3 +64,10 @@ def test_classifier_learns_digits_and_is_cached(tmp_path, monkeypatch):
     s_noise = classifier_scores(model, noise, x[tr][:500])
     assert s_real["fd"] < s_noise["fd"] / 5
     assert s_real["confident_fraction"] > 0.8
+    # the gate can fail: calibrated on held-out digits and shown non-digits in training, the classifier
+    # is confident on real digits and not on noise (Gaussian, as an untrained sampler returns, or uniform)
+    assert info["temperature"] > 0 and info["calibration_images"] == 150
+    gauss = noise_images((1, 8, 8), 500, seed=3)
+    assert confidence_report(model, gauss, x[te])["confident_fraction"] < 0.05
+    assert confidence_report(model, noise, x[te])["confident_fraction"] < 0.05
+    assert confidence_report(model, x[te], x[te])["confident_fraction_real"] > 0.8

@@ -313,7 +313,7 @@ def _image_run(tmp_path, capsys, labels: bool = False, test_fraction: float = 0.
             "--set", "data.name='array'", "--set", f"data.path='{path}'",
             "--set", f"data.test_fraction={test_fraction}",
             "--set", "model.channels=8", "--set", "model.channel_mult=[1]", "--set", "model.num_res_blocks=1",
-            "--set", "model.attention_resolutions=[]", "--set", "diffusion.timesteps=20",
+            "--set", "model.attention_resolutions=[]", "--set", "diffusion.timesteps=50",
             "--set", "train.steps=3", "--set", "train.batch_size=8", "--set", "eval.bound_n=6"]
     if labels:
         args += ["--set", "model.num_classes=3"]
@@ -388,7 +388,7 @@ def test_score_by_class_puts_each_example_with_its_own_label():
 def test_the_bound_refuses_data_it_cannot_score(bad, says):
     import difflab as dl
 
-    d = dl.GaussianDiffusion(timesteps=10)
+    d = dl.GaussianDiffusion(timesteps=50)
     x = torch.full((2, 1, 2, 2), -1.0)
     x[1, 0, 0, 0] = bad
 

@@ -71,7 +71,10 @@ def run(config: str, overrides: list[str], run_dir: str | Path, progress: bool =
             f"accuracy {m['classifier_test_accuracy']:.3f} ({time.perf_counter() - t:.0f} s)"
         )
         status = _gate(m)
-    print(f"done in {time.perf_counter() - t0:.0f} s. Results in {run}/:")
+    from .report import write_report
+
+    files.append(write_report([run]).name)  # one self-contained page of everything above
+    print(f"done in {time.perf_counter() - t0:.0f} s. Results in {run}/ (open report.html):")
     for name in files:
         print(f"  {run / name}")
     return status

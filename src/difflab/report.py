@@ -34,7 +34,7 @@ COMMANDS = (
     ("bound_", "difflab eval bpd --run RUN"),
     ("fd", "difflab eval fd --run RUN"),
     ("classifier_", "difflab eval fd --run RUN"),
-    ("confident_fraction", "difflab eval fd --run RUN"),
+    ("confident_", "difflab eval fd --run RUN"),
     ("sample_class_histogram", "difflab eval fd --run RUN"),
     ("sliced_w2", "difflab eval sw --run RUN"),
     ("samples", "difflab eval sw --run RUN"),
