@@ -1,4 +1,4 @@
-"""Numerical checks of the DDPM derivation in the study notes (``shared/seeds/000..004``).
+"""Numerical checks of the DDPM derivation in the study notes (seeds 000..004, see docs/derivation.md).
 
 Every test compares a number produced by difflab with an independent computation: a closed form
 evaluated here in numpy, a 1-D quadrature on a fine grid, exact Gaussian algebra, or Monte Carlo.

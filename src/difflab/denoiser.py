@@ -94,7 +94,7 @@ class Denoiser:
         """``(x0_hat, eps_hat)`` of a prediction ``pred`` at ``x_t``, clipped as configured."""
         t = torch.as_tensor(t, dtype=torch.float64)
         # one (alpha, sigma) pair for a shared scalar t, else one per example
-        alpha, sigma = (_bcast(v, x_t) for v in self.schedule.alpha_sigma(t.reshape(-1)))
+        alpha, sigma = (bcast(v, x_t) for v in self.schedule.alpha_sigma(t.reshape(-1)))
         x0, eps = to_x0_eps(pred, self.prediction, x_t, alpha, sigma)
         if self.clip is not None:
             x0 = x0.clamp(*self.clip)
@@ -120,6 +120,6 @@ def _doubled(shape: torch.Size) -> torch.Size:
     return torch.Size([shape[0], 2 * shape[1], *shape[2:]]) if len(shape) >= 2 else shape
 
 
-def _bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def bcast(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """A float64 ``[B]`` coefficient as ``x``'s dtype and device, shaped to broadcast over ``x``."""
     return v.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.dim() - 1)))

@@ -1,6 +1,6 @@
 """``GaussianDiffusion``: a schedule, a parameterization and a reverse variance, tied together.
 
-This is the public entry point of the contract in DESIGN.md::
+This is the public entry point of difflab's process contract::
 
     diffusion = GaussianDiffusion(schedule="linear", timesteps=1000, prediction="eps",
                                   variance="fixed_small")
@@ -17,7 +17,7 @@ from dataclasses import replace
 import torch
 
 from . import likelihood, objectives
-from .denoiser import Denoiser, Model, _bcast
+from .denoiser import Denoiser, Model, bcast
 from .gaussian import (
     check_prediction,
     learned_log_variance,
@@ -81,7 +81,7 @@ class GaussianDiffusion(ProcessBase):
     def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped to broadcast over ``like``."""
         alpha, sigma = self.schedule.alpha_sigma(self._t_for(like, t))
-        return _bcast(alpha, like), _bcast(sigma, like)
+        return bcast(alpha, like), bcast(sigma, like)
 
     def log_snr(self, t) -> torch.Tensor:
         """``lambda_t = log(alpha_bar_t / (1 - alpha_bar_t))``; fractional ``t`` interpolates linearly."""
@@ -102,9 +102,9 @@ class GaussianDiffusion(ProcessBase):
         a_t, s_t = s.alpha_bar[idx].sqrt(), (1 - s.alpha_bar[idx]).sqrt()
         a_s, s_s = s.alpha_bar_prev[idx].sqrt(), (1 - s.alpha_bar_prev[idx]).sqrt()
         c0, ct, var = posterior_coefficients(a_t, s_t, a_s, s_s)
-        mean = _bcast(c0, x_t) * x0 + _bcast(ct, x_t) * x_t
+        mean = bcast(c0, x_t) * x0 + bcast(ct, x_t) * x_t
         log_var = torch.log(self._clipped_posterior_variance()[idx])
-        return mean, _bcast(var, x_t).expand_as(x_t), _bcast(log_var, x_t).expand_as(x_t)
+        return mean, bcast(var, x_t).expand_as(x_t), bcast(log_var, x_t).expand_as(x_t)
 
     def _integer_t(self, x: torch.Tensor, t) -> torch.Tensor:
         t64 = self._t_for(x, t)
@@ -146,15 +146,15 @@ class GaussianDiffusion(ProcessBase):
         """
         idx = self._integer_t(x_t, t)
         if self.variance != "learned":
-            return _bcast(self.reverse_log_variance()[idx], x_t)
+            return bcast(self.reverse_log_variance()[idx], x_t)
         if v is None or v.shape != x_t.shape:
             got = None if v is None else tuple(v.shape)
             raise ValueError(
                 f"variance='learned' needs the network's variance channels v of shape {tuple(x_t.shape)}, "
                 f"got {got}"
             )
-        log_small = _bcast(torch.log(self._clipped_posterior_variance()[idx]), x_t)
-        log_large = _bcast(torch.log(self.schedule.betas[idx]), x_t)
+        log_small = bcast(torch.log(self._clipped_posterior_variance()[idx]), x_t)
+        log_large = bcast(torch.log(self.schedule.betas[idx]), x_t)
         return learned_log_variance(v, log_small, log_large)
 
     # ----------------------------------------------------------------- reverse process

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .gaussian import check_grid, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
-from .samplers.ddpm import _progress
+from .samplers.ddpm import progress_iter
 
 if TYPE_CHECKING:
     from .denoiser import Model
@@ -130,7 +130,7 @@ def vlb_terms(
     chunk = max(1, max_batch // B)
     terms = torch.empty(B, T, dtype=torch.float64)
     starts = range(0, T, chunk)
-    for start in _progress(starts, len(starts), progress, "bound"):
+    for start in progress_iter(starts, len(starts), progress, "bound"):
         idx = torch.arange(start, min(start + chunk, T))
         n = idx.numel()
         t = idx.repeat_interleave(B)  # [n*B], timestep-major

@@ -1,4 +1,4 @@
-"""What every process shares of :class:`~difflab.GaussianDiffusion`'s contract (DESIGN.md), written once.
+"""What every process shares of :class:`~difflab.GaussianDiffusion`'s contract, written once.
 
 :class:`ProcessBase` holds the model-time check, the closed-form forward draw
 ``x_t = alpha_t x_0 + sigma_t eps`` (DDPM eq. 4; VDM eq. 1) and sampling: ``x_T ~ N(0, prior_std^2 I)``

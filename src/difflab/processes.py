@@ -43,7 +43,7 @@ import math
 
 import torch
 
-from .denoiser import Denoiser, Model, _bcast
+from .denoiser import Denoiser, Model, bcast
 from .diffusion import GaussianDiffusion
 from .process_base import check_output
 from .samplers import FIXED_VARIANCES
@@ -110,7 +110,7 @@ class Precond:
 
     def _coefficients_for(self, x: torch.Tensor, t: torch.Tensor):
         sigma = self.schedule.sigma(torch.as_tensor(t, dtype=torch.float64).cpu().expand(x.shape[0]))
-        return (_bcast(c, x) for c in self.coefficients(sigma))
+        return (bcast(c, x) for c in self.coefficients(sigma))
 
     def network(self, net: Model, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         """``F(c_in x; t)``, the raw network output, shape-checked against ``x``."""

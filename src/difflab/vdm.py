@@ -6,7 +6,7 @@
 learned monotone network).
 
 **Model time.** Samplers, the :class:`~difflab.Denoiser` and the oracles speak the library's model time
-``tau in [0, T-1]`` (DESIGN.md). Here ``tau = (T-1) t`` with ``T = timesteps`` (1000 by default), so the
+``tau in [0, T-1]``. Here ``tau = (T-1) t`` with ``T = timesteps`` (1000 by default), so the
 ``uniform`` spacing of ``T`` levels is VDM's own sampling grid ``t = i/(T-1)``. The log-SNR is the exact
 continuous ``-gamma(tau/(T-1))`` at every ``tau`` (no interpolation between grid points), and
 :class:`ContinuousScheduleView` inverts it exactly for the samplers that evaluate between levels.
@@ -63,7 +63,7 @@ from types import SimpleNamespace
 import torch
 from torch import nn
 
-from .denoiser import Denoiser, Model, _bcast
+from .denoiser import Denoiser, Model, bcast
 from .gaussian import check_grid, check_prediction, to_x0_eps
 from .learned_schedule import (
     GAMMA_MAX,
@@ -76,7 +76,7 @@ from .learned_schedule import (
     make_schedule,
 )
 from .process_base import ProcessBase, check_output, shape_of, with_docstring
-from .samplers.ddpm import _progress
+from .samplers.ddpm import progress_iter
 
 VDM_VARIANCES = ("fixed_small", "fixed_large")
 DECODERS = ("discretized", "gaussian")
@@ -271,7 +271,7 @@ class VDMDiffusion(ProcessBase):
     def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(alpha_tau, sigma_tau)`` shaped to broadcast over ``like``."""
         alpha, sigma = self.schedule.alpha_sigma(self._tau(like, t))
-        return _bcast(alpha, like), _bcast(sigma, like)
+        return bcast(alpha, like), bcast(sigma, like)
 
     q_sample = with_docstring(
         ProcessBase.q_sample, """``z = alpha x0 + sigma eps ~ q(z_t | x)`` at model time ``t`` (eq. 1)."""
@@ -334,7 +334,7 @@ class VDMDiffusion(ProcessBase):
         t01 = (tau / (self.timesteps - 1)).to(x0.device)
         gamma, dgamma, shape_tensors = schedule.evaluate(t01)
         g0, g1 = schedule.endpoints(t01)
-        alpha, sigma = _bcast(torch.sigmoid(-gamma).sqrt(), x0), _bcast(torch.sigmoid(gamma).sqrt(), x0)
+        alpha, sigma = bcast(torch.sigmoid(-gamma).sqrt(), x0), bcast(torch.sigmoid(gamma).sqrt(), x0)
         z = alpha * x0 + sigma * noise
         tau32 = tau.to(device=x0.device, dtype=torch.float32)
         out = model(z, tau32, gamma=gamma) if vdm is not None and transparent else model(z, tau32)
@@ -440,12 +440,12 @@ class VDMDiffusion(ProcessBase):
         rows = torch.arange(B).repeat_interleave(K)
         per_row = torch.empty(B * K, dtype=torch.float64)
         starts = range(0, B * K, max(1, max_batch))
-        for start in _progress(starts, len(starts), progress, "bound"):
+        for start in progress_iter(starts, len(starts), progress, "bound"):
             part = slice(start, start + max(1, max_batch))
             x = x0[rows[part].to(x0.device)]
             eps = _randn(x.shape, generator, x)
             gamma, dgamma, _ = schedule.evaluate(tau[part].to(x.device) / (self.timesteps - 1))
-            z = _bcast(torch.sigmoid(-gamma).sqrt(), x) * x + _bcast(torch.sigmoid(gamma).sqrt(), x) * eps
+            z = bcast(torch.sigmoid(-gamma).sqrt(), x) * x + bcast(torch.sigmoid(gamma).sqrt(), x) * eps
             _, eps_hat = den(z, tau[part])
             mse = (eps - eps_hat).double().pow(2).flatten(1).sum(1)
             per_row[part] = (0.5 * dgamma * mse).cpu()  # eq. 17, one (t, eps) each

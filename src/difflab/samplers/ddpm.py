@@ -34,7 +34,6 @@ def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tens
     return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-_progress, _noise = progress_iter, noise_like  # the names other modules of the package still import
 
 
 @torch.no_grad()
@@ -65,7 +64,7 @@ def ancestral(
             "variance='learned' needs a network that outputs variance channels: a Denoiser with "
             "learned_variance=True, as GaussianDiffusion(variance='learned').denoiser(model) makes"
         )
-    steps = _progress(levels.pairs(), len(levels), progress, "ancestral")
+    steps = progress_iter(levels.pairs(), len(levels), progress, "ancestral")
     for i, (t, a_t, s_t, a_s, s_s) in enumerate(steps, 1):
         if learned:
             x0, _, v = denoiser.predict(x, t)
@@ -79,10 +78,10 @@ def ancestral(
                 log_var = learned_log_variance(
                     v, torch.log(post_var).to(x.dtype), torch.log(beta).to(x.dtype)
                 )
-                x = x + torch.exp(0.5 * log_var) * _noise(x, generator)
+                x = x + torch.exp(0.5 * log_var) * noise_like(x, generator)
             else:
                 var = post_var if variance == "fixed_small" else transition_variance(a_t, s_t, a_s, s_s)
-                x = x + var.sqrt().to(x.dtype) * _noise(x, generator)
+                x = x + var.sqrt().to(x.dtype) * noise_like(x, generator)
         if callback is not None:
             callback(i, x)
     return x
@@ -102,12 +101,12 @@ def ddim(
     with ``c = eta sqrt(beta~)``; ``eta = 0`` is deterministic, ``eta = 1`` is ancestral sampling."""
     if not eta >= 0:
         raise ValueError(f"eta must be >= 0, got {eta!r}")
-    for t, a_t, s_t, a_s, s_s in _progress(levels.pairs(), len(levels), progress, "ddim"):
+    for t, a_t, s_t, a_s, s_s in progress_iter(levels.pairs(), len(levels), progress, "ddim"):
         x0, eps = denoiser(x, t)
         c2 = eta**2 * posterior_coefficients(a_t, s_t, a_s, s_s)[2]
         if float(c2) > float(s_s**2):
             raise ValueError(f"eta={eta} gives more noise than the level holds; use eta <= 1")
         x = a_s.to(x.dtype) * x0 + (s_s**2 - c2).sqrt().to(x.dtype) * eps
         if float(c2) > 0:
-            x = x + c2.sqrt().to(x.dtype) * _noise(x, generator)
+            x = x + c2.sqrt().to(x.dtype) * noise_like(x, generator)
     return x

@@ -30,8 +30,7 @@ import math
 import torch
 
 from ..denoiser import Denoiser
-from .ddpm import noise_like as _noise
-from .ddpm import progress_iter as _progress
+from .ddpm import noise_like, progress_iter
 from .levels import Levels
 from .ve import VEDenoiser, check_nonnegative
 
@@ -68,7 +67,7 @@ def _multistep(
     ell = -torch.log(sig[:n])  # half log-SNR of each level
     x = ve.to_ve(x)
     hist: list[tuple[float, torch.Tensor]] = []  # (l, D) of the latest levels, newest first
-    for i in _progress(range(n), n, progress, name):
+    for i in progress_iter(range(n), n, progress, name):
         d0 = ve.at_level(x, i)
         hist = [(float(ell[i]), d0), *hist[: order - 1]]
         if float(sig[i + 1]) == 0.0:
@@ -88,7 +87,7 @@ def _multistep(
             x = x + (j2 + (l0 - l1) * j1) * dd012
         if eta > 0:
             noise_std = s_noise * float(sig[i + 1]) * math.sqrt(-math.expm1(-2.0 * eta * h))
-            x = x + noise_std * _noise(x, generator)
+            x = x + noise_std * noise_like(x, generator)
     return x
 
 

@@ -24,8 +24,7 @@ import math
 import torch
 
 from ..denoiser import Denoiser
-from .ddpm import noise_like as _noise
-from .ddpm import progress_iter as _progress
+from .ddpm import noise_like, progress_iter
 from .levels import Levels
 from .ve import VEDenoiser, check_nonnegative
 
@@ -49,11 +48,11 @@ def _edm_sampler(
     sig, n = ve.sigmas, len(levels)
     gamma_max = min(s_churn / n, math.sqrt(2.0) - 1.0)
     x = ve.to_ve(x)
-    for i in _progress(range(n), n, progress, name):
+    for i in progress_iter(range(n), n, progress, name):
         s_i, s_next = float(sig[i]), float(sig[i + 1])
         s_hat = min(s_i * (1.0 + gamma_max), ve.sigma_max) if s_tmin <= s_i <= s_tmax else s_i
         if s_hat > s_i:
-            x = x + s_noise * math.sqrt(s_hat**2 - s_i**2) * _noise(x, generator)
+            x = x + s_noise * math.sqrt(s_hat**2 - s_i**2) * noise_like(x, generator)
             x0 = ve.at_sigma(x, s_hat)
         else:
             s_hat, x0 = s_i, ve.at_level(x, i)

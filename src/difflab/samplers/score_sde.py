@@ -12,8 +12,7 @@ import torch
 
 from ..denoiser import Denoiser
 from ..gaussian import transition_variance
-from .ddpm import noise_like as _noise
-from .ddpm import progress_iter as _progress
+from .ddpm import noise_like, progress_iter
 from .levels import Levels
 from .ve import check_count, check_positive
 
@@ -66,17 +65,17 @@ def pc(
     check_positive(snr=snr)
     if isinstance(corrector_steps, bool) or not isinstance(corrector_steps, int) or corrector_steps < 0:
         raise ValueError(f"corrector_steps must be an integer >= 0, got {corrector_steps!r}")
-    for t, a_t, s_t, a_s, s_s in _progress(levels.pairs(), len(levels), progress, "pc"):
+    for t, a_t, s_t, a_s, s_s in progress_iter(levels.pairs(), len(levels), progress, "pc"):
         a = float(a_t / a_s)
         for _ in range(corrector_steps):
             g = _score(denoiser, x, t, s_t)
-            z = _noise(x, generator)
+            z = noise_like(x, generator)
             step = 2.0 * a**2 * (snr * _batch_norm(z) / max(_batch_norm(g), 1e-30)) ** 2
             x = _langevin_step(x, g, step, z)
         b = float(transition_variance(a_t, s_t, a_s, s_s))
         x = (2.0 - a) * x + b * _score(denoiser, x, t, s_t)
         if float(s_s) > 0:
-            x = x + b**0.5 * _noise(x, generator)
+            x = x + b**0.5 * noise_like(x, generator)
     return x
 
 
@@ -112,11 +111,11 @@ def langevin(
     if epsilon is None:
         epsilon = NCSN_STEP_RATIO * sigma_last**2
     check_positive(epsilon=epsilon)
-    for i in _progress(range(len(levels)), len(levels), progress, "langevin"):
+    for i in progress_iter(range(len(levels)), len(levels), progress, "langevin"):
         t, sigma = levels.t[i], float(levels.sigma[i])
         half_step = 0.5 * epsilon * (sigma / sigma_last) ** 2
         for _ in range(n_steps_each):
-            x = _langevin_step(x, _score(denoiser, x, t, sigma), half_step, _noise(x, generator))
+            x = _langevin_step(x, _score(denoiser, x, t, sigma), half_step, noise_like(x, generator))
     if denoise:
         x, _ = denoiser(x, levels.t[-1])
     return x
