@@ -22,8 +22,11 @@ import torch
 from difflab import jobs
 from difflab.build import build_splits
 from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
+from difflab.samplers.budget import levels_for_nfe
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-sde", "pc")
+# the training-free samplers of issue 14: their levels for a budget come from difflab.samplers.budget
+BUDGETED = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s")
 
 
 def _steps_for():
@@ -66,10 +69,10 @@ def main() -> None:
     budgets = [int(b) for b in args.budgets.split(",")]
     rows = []
     print(f"{'sampler':<12}" + "".join(f"{'NFE ' + str(b):>16}" for b in budgets))
-    for name in SAMPLERS:
+    for name in SAMPLERS + BUDGETED:
         cells = []
         for b in budgets:
-            plan = steps_for(name, b)
+            plan = (levels_for_nfe(name, b), {}) if name in BUDGETED else steps_for(name, b)
             if plan is None:
                 cells.append(f"{'-':>16}")
                 continue
