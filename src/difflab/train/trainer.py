@@ -273,14 +273,8 @@ class Trainer:
             ) from None
         try:
             self.opt.load_state_dict(state["optimizer"])
-        except ValueError as exc:  # parameter groups differ: weight decay switched on or off on a VDM run
-            raise ValueError(
-                f"cannot resume the optimizer of {self.run_dir}: {exc}. A run whose model has parameters "
-                "exempt from weight decay (a learned VDM schedule) must keep train.weight_decay zero or "
-                f"non-zero as it was saved (now {self.cfg.weight_decay})"
-            ) from exc
-        for group in self.opt.param_groups:  # configured hyper-parameters win over saved ones
-            group["weight_decay"] = 0.0 if group.get("decay_exempt") else self.cfg.weight_decay
+        except ValueError as exc:  # parameter groups differ: not the optimizer of this configuration
+            raise ValueError(f"cannot resume the optimizer state of {path}: {ckpt.first_line(exc)}") from None
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.gen.set_state(state["generator"])

@@ -7,7 +7,8 @@ from pathlib import Path
 import torch
 
 
-def _pyplot():
+def pyplot():
+    """``matplotlib.pyplot`` on the file-only Agg backend (imported on first use)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -20,7 +21,7 @@ def scatter_compare(
     data: torch.Tensor, samples: torch.Tensor, path: str | Path, title: str = ""
 ) -> Path:
     """Side-by-side scatter plots of 2-D data and model samples on shared axes."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(9, 4.5), sharex=True, sharey=True)
     for ax, pts, name in ((axes[0], data, "data"), (axes[1], samples, "samples")):
         p = pts.detach().cpu().numpy()
@@ -40,5 +41,5 @@ def save_figure(fig, path: str | Path, title: str = "") -> Path:
     fig.tight_layout()
     path = Path(path)
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from .plots import _pyplot, save_figure
+from .plots import pyplot, save_figure
 
 
 @dataclass
@@ -123,7 +123,7 @@ def plot_vlb(curves: Sequence[BoundCurve], path: str | Path, title: str = "") ->
     prior end. Returns the written path."""
     if not curves:
         raise ValueError("plot_vlb needs at least one curve")
-    plt = _pyplot()
+    plt = pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(11, 4.2))
     for c in curves:
         parts = f"prior {c.prior:.3g}, diffusion {c.diffusion:.3f}, decoder {c.decoder:.3g}"
