@@ -1,6 +1,7 @@
 """Run configuration: TOML presets, command-line overrides, validation.
 
-A config has sections ``data``, ``model``, ``diffusion``, ``train``, ``sample`` and ``eval``; each is a
+A config has sections ``data``, ``model``, ``diffusion``, ``train``, ``sample``, ``eval``, ``vae`` and
+``latent`` (:mod:`difflab.vae`); each is a
 dataclass whose fields are the only keys allowed. Unknown keys are rejected with the list of valid
 ones, so a typo never silently falls back to a default.
 """
@@ -116,6 +117,29 @@ class EvalConfig:
     projections: int = 1_000
     floor_pairs: int = 5  # fresh-data pairs averaged for the distance's noise floor
     bound_n: int = 1_000  # held-out points scored by the bound
+    iwae_k: list = field(default_factory=lambda: [1, 10, 100, 1000])  # autoencoder runs: IWAE's K
+
+
+@dataclass
+class VAEConfig:
+    """An autoencoder run (:mod:`difflab.vae`): ``kind`` "" (a diffusion run), "vae", "hvae" or
+    "autoencoder" (the KL autoencoder with spatial latents of latent diffusion)."""
+
+    kind: str = ""
+    latent_dim: int = 16  # vae / hvae: size of each latent level
+    levels: int = 2  # hvae: L latent levels
+    latent_channels: int = 4  # autoencoder: channels of the spatial latent
+    downsample: int = 2  # autoencoder: spatial factor f (2 or 4)
+    channels: int = 32  # conv width
+    kl_weight: float = 1.0  # weight of the KL term in the training loss (the bound always uses 1)
+
+
+@dataclass
+class LatentConfig:
+    """A latent diffusion run: the diffusion is trained on the latents of the autoencoder run
+    ``autoencoder`` (a folder written by ``difflab train --config *-vae``)."""
+
+    autoencoder: str = ""
 
 
 @dataclass
@@ -127,6 +151,8 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    vae: VAEConfig = field(default_factory=VAEConfig)
+    latent: LatentConfig = field(default_factory=LatentConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -35,6 +35,7 @@ from .metrics import sliced_wasserstein
 from .run_folder import RunFolderError, RunLock, check_split, clear_run, holds_run
 from .train.checkpoint import atomic_write, checkpoint_path, load_weights
 from .train.trainer import Trainer
+from .vae import jobs as vae_jobs
 
 IMAGE_CLIP = (-1.0, 1.0)
 # processes with a variational bound (the DDPM chain and continuous-time VDM; VE/EDM have none) and
@@ -109,6 +110,8 @@ def train(
 
 
 def _train_locked(cfg: Config, run_dir: Path, resume, progress: bool) -> dict[str, Any]:
+    if vae_jobs.handles(cfg):  # autoencoder and latent diffusion runs (difflab.vae)
+        return vae_jobs.train_locked(cfg, run_dir, resume, progress)
     if resume is not None:
         checkpoint_path(run_dir, resume)  # refuses a step or path that does not exist, naming the choices
     torch.manual_seed(cfg.train.seed)
@@ -181,6 +184,8 @@ def load_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]
 
         return load_linked_run(run_dir)
     cfg = _run_config(run_dir)
+    if vae_jobs.handles(cfg):  # autoencoder and latent diffusion runs (difflab.vae)
+        return vae_jobs.load_run(cfg, run_dir)
     splits = build_splits(cfg)
     check_split(run_dir, splits.info)
     model = build_model(cfg, splits.shape)
@@ -357,6 +362,8 @@ def bound(
     """The variational bound on ``n`` images of a split, in bits/dim (images, the discretized decoder
     on the data's grid) or nats/dim (2-D data, a Gaussian decoder), with its three parts."""
     run_dir = Path(run_dir)
+    if vae_jobs.handles(_run_config(run_dir)):  # ELBO / IWAE, or the latent bound (difflab.vae)
+        return vae_jobs.bound(run_dir, split, n, progress)
     cfg, diffusion, model, splits = load_run(run_dir)
     set_threads(cfg)
     data, labels = split_data(cfg, splits, split, n)
@@ -471,7 +478,7 @@ def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Every metric that fits the run's data: 2-D data -> sliced W2 + bound; images -> bound + FD."""
     run_dir = Path(run_dir)
     cfg = _run_config(run_dir)
-    has_bound = cfg.diffusion.process in BOUND_PROCESSES
+    has_bound = cfg.diffusion.process in BOUND_PROCESSES or vae_jobs.handles(cfg)
     if cfg.model.kind == "mlp":
         m = sliced(run_dir)
         return bound(run_dir, progress=progress) if has_bound else m
@@ -486,6 +493,8 @@ def strips(run_dir: str | Path, rows: int = 6, columns: int = 10) -> list[str]:
     from .viz.images import forward_strip, reverse_strip
 
     run_dir = Path(run_dir)
+    if vae_jobs.handles(_run_config(run_dir)):  # reconstructions (difflab.vae)
+        return vae_jobs.strips(run_dir)
     cfg, diffusion, model, splits = load_run(run_dir)
     forward_strip(diffusion, splits.test[:rows], run_dir / "forward.png", columns)
     reverse_strip(

@@ -32,6 +32,7 @@ RUN_FILES = (
     "checkpoint.pt", "checkpoints", "model.safetensors", "config.toml", "split.json", "log.csv",
     "log.old.csv", "train.json", "metrics.json", "samples.npy", "samples.png", "samples.json",
     "forward.png", "reverse.png", "vlb.png", "grids", "tensorboard", "report.html",
+    "latent.json", "reconstructions.png",  # latent diffusion and autoencoder runs (difflab.vae)
 )
 # what marks a folder as holding a run
 RUN_MARKERS = ("checkpoint.pt", "checkpoints", "model.safetensors", "config.toml", "log.csv")

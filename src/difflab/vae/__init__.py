@@ -1,0 +1,1 @@
+"""Variational autoencoders and latent diffusion on one likelihood scale (docs/vae.md)."""
