@@ -157,6 +157,11 @@ def _parser() -> argparse.ArgumentParser:
         "for images, uniform dequantization)",
     )
     e.add_argument(
+        "--ode-decoder", action="store_true",
+        help="bpd: also the ODE likelihood truncated at the model's smallest noise level with a "
+        "discretized decoder, a bound on the discrete data like the variational one (docs/vae.md)",
+    )
+    e.add_argument(
         "--rtol", type=_finite(0.0, strict=True), default=1e-5,
         help="--ode: relative tolerance of RK45 (1e-5)",
     )
@@ -258,6 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                 result = jobs.bound(args.run, args.split, args.n, progress=progress)
                 if args.ode:
                     result = likelihood_jobs.ode_bound(
+                        args.run, args.split, args.n, rtol=args.rtol, atol=args.atol, progress=progress
+                    )
+                if args.ode_decoder:  # difflab.ode_decoder
+                    from .ode_decoder import truncated_ode_bound
+
+                    result = truncated_ode_bound(
                         args.run, args.split, args.n, rtol=args.rtol, atol=args.atol, progress=progress
                     )
                 _print(result)
