@@ -1,0 +1,100 @@
+"""Autoencoder and latent diffusion runs through the run-folder jobs: train, sample in pixel space, the
+bounds, and the one-line refusals (missing autoencoder, wrong kind of run, changed fingerprint)."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from difflab import config as config_mod
+from difflab import jobs
+from difflab.cli import main
+
+FAST = ["train.steps=3", "train.log_every=1", "train.threads=1", "train.batch_size=16", "eval.bound_n=4",
+        "eval.iwae_k=[1, 5]"]
+
+
+def _cfg(preset, *extra):
+    return config_mod.load(preset, [*FAST, *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("vae")
+    ae, ldm = root / "ae", root / "ldm"
+    jobs.train(_cfg("digits-vae"), ae, progress=False)
+    jobs.train(_cfg("digits-ldm", f"latent.autoencoder={ae}", "model.channels=8"), ldm, progress=False)
+    return root, ae, ldm
+
+
+def test_latent_run_samples_pixels_in_the_data_range(runs):
+    _, ae, ldm = runs
+    info = json.loads((ldm / "latent.json").read_text())
+    assert info["latent_shape"] == [2, 4, 4] and info["scale"] > 0
+    out = jobs.sample(ldm, sampler="ddim", steps=5, n=6, progress=False)
+    x = np.load(ldm / "samples.npy")
+    assert out["nfe"] == 5 and x.shape == (6, 1, 8, 8)
+    assert x.min() >= -1 and x.max() <= 1
+    jobs.sample(ae, n=3, progress=False)
+    assert np.load(ae / "samples.npy").shape == (3, 1, 8, 8)
+
+
+def test_bounds_of_autoencoder_and_latent_runs(runs):
+    _, ae, ldm = runs
+    m = jobs.bound(ae, n=4, progress=False)
+    parts = m["bound_parts_bits_per_dim"]
+    assert math.isclose(m["bound_bits_per_dim"], parts["reconstruction"] + parts["kl"], rel_tol=1e-6)
+    assert set(m["iwae_bits_per_dim"]) == {"1", "5"}
+    m = jobs.bound(ldm, n=4, progress=False)
+    p = m["bound_parts_bits_per_dim"]
+    total = p["decoder"] + p["latent"] + p["minus_entropy"]
+    assert math.isclose(m["bound_bits_per_dim"], total, rel_tol=1e-6)
+    # the decoder part of a 17-level image can never exceed log2(17) bits/dim, nor be negative
+    assert 0 <= p["decoder"] <= math.log2(17)
+
+
+def test_refusals_name_the_bad_value(runs, tmp_path, capsys):
+    root, ae, ldm = runs
+    missing = tmp_path / "nowhere"
+    with pytest.raises(FileNotFoundError, match="latent.autoencoder = .*nowhere.* is not a run folder"):
+        jobs.train(_cfg("digits-ldm", f"latent.autoencoder={missing}"), tmp_path / "a", progress=False)
+    vae = root / "plain-vae"
+    jobs.train(_cfg("digits-vae", "vae.kind=vae"), vae, progress=False)
+    with pytest.raises(ValueError, match="vae.kind = 'vae'.* run; latent diffusion needs a KL autoencoder"):
+        jobs.train(_cfg("digits-ldm", f"latent.autoencoder={vae}"), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="unknown vae.kind 'gan'"):
+        jobs.train(_cfg("digits-vae", "vae.kind=gan"), tmp_path / "c", progress=False)
+    # a changed autoencoder: sampling and resuming the latent run are refused
+    weights = ae / "model.safetensors"
+    saved = weights.read_bytes()
+    try:
+        from safetensors.torch import load_file, save_file
+
+        state = load_file(str(weights))
+        key = next(iter(state))
+        state[key] = state[key] + 1.0
+        save_file(state, str(weights))
+        with pytest.raises(ValueError, match="changed since .* was trained on it"):
+            jobs.sample(ldm, n=2, progress=False)
+        rc = main(["train", "--config", "digits-ldm", "--run", str(ldm), "--resume",
+                   *sum((["--set", s] for s in [*FAST, f"latent.autoencoder={ae}", "model.channels=8"]), [])])
+        assert rc == 2 and "changed since" in capsys.readouterr().err
+    finally:
+        weights.write_bytes(saved)
+
+
+def test_latent_training_resumes_exactly(runs, tmp_path):
+    _, ae, _ = runs
+    cfg = _cfg("digits-ldm", f"latent.autoencoder={ae}", "model.channels=8", "train.steps=4",
+               "train.ckpt_every=2", "train.lr_schedule=constant")
+    a, b = tmp_path / "a", tmp_path / "b"
+    jobs.train(cfg, a, progress=False)
+    short = _cfg("digits-ldm", f"latent.autoencoder={ae}", "model.channels=8", "train.steps=2",
+                 "train.ckpt_every=2", "train.lr_schedule=constant")
+    jobs.train(short, b, progress=False)
+    jobs.train(cfg, b, resume="latest", progress=False)
+    def rows(run):  # step, loss, lr, grad_norm (not the seconds)
+        return [line.split(",")[:4] for line in (run / "log.csv").read_text().splitlines()]
+
+    assert len(rows(a)) == 5 and rows(a) == rows(b)
