@@ -98,3 +98,20 @@ def test_latent_training_resumes_exactly(runs, tmp_path):
         return [line.split(",")[:4] for line in (run / "log.csv").read_text().splitlines()]
 
     assert len(rows(a)) == 5 and rows(a) == rows(b)
+
+
+@pytest.mark.parametrize("process", ["vdm", "edm"])
+def test_other_processes_and_guidance_on_latents(runs, tmp_path, process):
+    _, ae, _ = runs
+    run = tmp_path / process
+    cfg = _cfg("digits-ldm", f"latent.autoencoder={ae}", "model.channels=8", f"diffusion.process={process}",
+               "model.num_classes=10", "train.label_dropout=0.2")
+    jobs.train(cfg, run, progress=False)
+    out = jobs.sample(run, sampler="heun", steps=3, n=4, guidance=2.0, progress=False)
+    x = np.load(run / "samples.npy")
+    assert out["nfe"] == 5 and x.shape == (4, 1, 8, 8) and np.isfinite(x).all()
+    if process == "vdm":
+        assert math.isfinite(jobs.bound(run, n=4, progress=False)["bound_bits_per_dim"])
+    else:
+        with pytest.raises(ValueError, match="has no variational bound"):
+            jobs.bound(run, n=4, progress=False)
