@@ -115,3 +115,13 @@ def test_other_processes_and_guidance_on_latents(runs, tmp_path, process):
     else:
         with pytest.raises(ValueError, match="has no variational bound"):
             jobs.bound(run, n=4, progress=False)
+
+
+def test_pixel_only_likelihoods_refuse_autoencoder_and_latent_runs(runs, capsys):
+    _, ae, ldm = runs
+    assert main(["eval", "bpd", "--run", str(ldm), "--n", "2", "--ode", "--no-progress"]) == 2
+    assert "autoencoder or latent diffusion run" in capsys.readouterr().err
+    assert main(["viz", "vlb", "--run", str(ae)]) == 2
+    assert "autoencoder or latent diffusion run" in capsys.readouterr().err
+    assert main(["eval", "bpd", "--run", str(ae), "--n", "2", "--ode-decoder", "--no-progress"]) == 2
+    assert "--ode-decoder scores grid images" in capsys.readouterr().err

@@ -16,12 +16,16 @@ import torch
 
 from . import jobs
 from .ode_likelihood import ode_bits_per_dim, ode_nll
+from .vae import jobs as vae_jobs
 from .viz.vlb import BoundCurve, continuous_curve, curve_from_terms, plot_vlb
 
 LIKELIHOOD_PROCESSES = jobs.BOUND_PROCESSES  # the ODE likelihood needs a variance-preserving process
 
 
 def _check_process(cfg, what: str) -> None:
+    if vae_jobs.handles(cfg):  # autoencoder and latent runs: eval bpd gives their bounds (difflab.vae)
+        raise ValueError(f"{what} is for pixel-space diffusion runs; this is an autoencoder or latent "
+                         "diffusion run: `difflab eval bpd` gives its bound")
     if cfg.diffusion.process not in LIKELIHOOD_PROCESSES:
         raise ValueError(
             f"{what} needs a variance-preserving process ({', '.join(LIKELIHOOD_PROCESSES)}); this run "
