@@ -24,12 +24,14 @@ def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("vae")
     ae, ldm = root / "ae", root / "ldm"
     jobs.train(_cfg("digits-vae"), ae, progress=False)
-    jobs.train(_cfg("digits-ldm", f"latent.autoencoder={ae}", "model.channels=8"), ldm, progress=False)
+    jobs.train(_cfg("digits-ldm", f"latent.autoencoder={ae}", "model.channels=8", "train.sample_every=3"),
+               ldm, progress=False)
     return root, ae, ldm
 
 
 def test_latent_run_samples_pixels_in_the_data_range(runs):
     _, ae, ldm = runs
+    assert (ldm / "grids" / "step-0000003.png").is_file()  # train.sample_every
     info = json.loads((ldm / "latent.json").read_text())
     assert info["latent_shape"] == [2, 4, 4] and info["scale"] > 0
     out = jobs.sample(ldm, sampler="ddim", steps=5, n=6, progress=False)

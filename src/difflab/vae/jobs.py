@@ -21,7 +21,7 @@ import torch
 
 from .. import config as config_mod
 from .. import threads as threads_mod
-from ..build import Splits, build_diffusion, build_model, build_splits
+from ..build import Splits, build_diffusion, build_model, build_splits, conditional
 from ..config import Config
 from ..objectives import make_t_sampler
 from ..run_folder import check_split
@@ -177,6 +177,8 @@ def train_locked(cfg: Config, run_dir: Path, resume, progress: bool) -> dict[str
             if splits.train_y is None:
                 raise ValueError(f"model.num_classes={cfg.model.num_classes} needs labelled data")
             extra.update(labels=splits.train_y, num_classes=cfg.model.num_classes)
+    if cfg.train.sample_every > 0:
+        extra["on_sample"] = _grid_callback(cfg, process, splits.shape, run_dir)
     governor = threads_mod.ThreadGovernor.for_training(cfg.train.threads, model, cfg.train.device)
     trainer = Trainer(process, model, data, cfg.train, run_dir, config=cfg.to_dict(),
                       on_step=governor.observe, t_sampler=t_sampler, **extra)
@@ -188,6 +190,21 @@ def train_locked(cfg: Config, run_dir: Path, resume, progress: bool) -> dict[str
     summary["parameters"] = sum(p.numel() for p in model.parameters() if p.requires_grad)
     _write_json(run_dir / "train.json", summary)
     return summary
+
+
+def _grid_callback(cfg: Config, process, shape: tuple[int, ...], run_dir: Path):
+    """``RUN/grids/step-N.png`` every ``train.sample_every`` steps: 36 decoded samples (DDIM, 50 steps,
+    for a latent run; class ``i % num_classes`` for a class-conditional one)."""
+    from ..viz.images import save_grid
+
+    def on_sample(step: int, ema_model: torch.nn.Module) -> None:
+        k = cfg.model.num_classes
+        net = conditional(ema_model, torch.arange(36) % k) if k > 0 and not cfg.vae.kind else ema_model
+        x = process.sample(net, (36, *shape), sampler="ddim", steps=50, clip=(-1.0, 1.0),
+                           generator=torch.Generator().manual_seed(0))
+        save_grid(x, run_dir / "grids" / f"step-{step:07d}.png", nrow=6)
+
+    return on_sample
 
 
 def load_run(cfg: Config, run_dir: Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
