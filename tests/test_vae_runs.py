@@ -6,6 +6,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from difflab import config as config_mod
 from difflab import jobs
@@ -127,3 +128,16 @@ def test_pixel_only_likelihoods_refuse_autoencoder_and_latent_runs(runs, capsys)
     assert "autoencoder or latent diffusion run" in capsys.readouterr().err
     assert main(["eval", "bpd", "--run", str(ae), "--n", "2", "--ode-decoder", "--no-progress"]) == 2
     assert "--ode-decoder scores grid images" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("pair, side, latent", [(("digits-vae", "digits-ldm"), 8, (2, 4, 4)),
+                                                (("mnist-vae", "mnist-ldm"), 28, (4, 7, 7))])
+def test_presets_build(pair, side, latent):
+    from difflab.build import Splits, build_model
+    from difflab.vae.jobs import build_autoencoder
+
+    x = torch.zeros(2, 1, side, side)
+    ae = build_autoencoder(config_mod.load(pair[0]), Splits(x, x, bins=17 if side == 8 else 256))
+    assert ae.latent_shape == latent
+    net = build_model(config_mod.load(pair[1]), latent)
+    assert net(torch.zeros(2, *latent), torch.zeros(2)).shape == (2, *latent)
