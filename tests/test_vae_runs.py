@@ -66,6 +66,8 @@ def test_refusals_name_the_bad_value(runs, tmp_path, capsys):
     jobs.train(_cfg("digits-vae", "vae.kind=vae"), vae, progress=False)
     with pytest.raises(ValueError, match="vae.kind = 'vae'.* run; latent diffusion needs a KL autoencoder"):
         jobs.train(_cfg("digits-ldm", f"latent.autoencoder={vae}"), tmp_path / "b", progress=False)
+    with pytest.raises(ValueError, match="model.num_classes=10 does not apply to an autoencoder run"):
+        jobs.train(_cfg("digits-vae", "model.num_classes=10"), tmp_path / "d", progress=False)
     with pytest.raises(ValueError, match="unknown vae.kind 'gan'"):
         jobs.train(_cfg("digits-vae", "vae.kind=gan"), tmp_path / "c", progress=False)
     # a changed autoencoder: sampling and resuming the latent run are refused

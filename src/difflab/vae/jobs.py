@@ -55,6 +55,12 @@ def check_config(cfg: Config) -> None:
     if cfg.vae.kind and cfg.latent.autoencoder:
         raise ValueError(f"vae.kind = {cfg.vae.kind!r} trains an autoencoder and latent.autoencoder = "
                          f"{cfg.latent.autoencoder!r} a diffusion on one: set only one of them")
+    if cfg.vae.kind:
+        for key, value, default in (("model.num_classes", cfg.model.num_classes, 0),
+                                    ("train.t_sampler", cfg.train.t_sampler, "uniform")):
+            if value != default:
+                raise ValueError(f"{key}={value!r} does not apply to an autoencoder run (vae.kind = "
+                                 f"{cfg.vae.kind!r}); leave it at {default!r}")
 
 
 def _image_splits(cfg: Config) -> Splits:
