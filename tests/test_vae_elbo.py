@@ -3,6 +3,7 @@
 
 import math
 
+import pytest
 import torch
 
 from difflab.vae.elbo import (
@@ -14,7 +15,14 @@ from difflab.vae.elbo import (
     reparameterize,
 )
 
-torch.set_default_dtype(torch.float64)
+
+@pytest.fixture(autouse=True)
+def float64():
+    """These closed forms are checked to 1e-9: float64 by default here, restored after each test."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def _log_normal(x, mean, var):
