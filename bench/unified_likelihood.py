@@ -77,7 +77,7 @@ def main() -> None:
     p.add_argument("--run", action="append", required=True, metavar="LABEL=FOLDER")
     p.add_argument("--out", default=None, help="PNG of the figure")
     args = p.parse_args()
-    runs = [(s.split("=", 1)[0], Path(s.split("=", 1)[1])) for s in args.run]
+    runs = [(s.rsplit("=", 1)[0], Path(s.rsplit("=", 1)[1])) for s in args.run]
     rs = rows(runs)
     print(table(rs))
     if args.out:
