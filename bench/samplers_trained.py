@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from difflab import jobs
-from difflab.build import build_splits
+from difflab import runs as jobs
 from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
+from difflab.runs.build import build_splits
 from difflab.samplers.budget import levels_for_nfe
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-sde", "pc")

@@ -115,7 +115,8 @@ def time_of_log_snr(schedule: DiscreteSchedule, lam) -> torch.Tensor:
 
     ``lam`` must lie in ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped); outside it
     there is no model time to evaluate the network at, and a ``ValueError`` names the range. A schedule
-    with a method of this name (continuous time: :class:`~difflab.learned_schedule.ContinuousScheduleView`)
+    with a method of this name (continuous time:
+    :class:`~difflab.processes.vdm.schedule.ContinuousScheduleView`, flow matching's ``FlowSchedule``)
     inverts its own ``lambda`` exactly.
     """
     exact = getattr(schedule, "time_of_log_snr", None)
