@@ -200,3 +200,6 @@ def test_cli_trains_samples_and_scores_a_flow_run(tmp_path, capsys):
     assert main(["train", "--config", "toy2d", "--run", str(tmp_path / "bad"), "--no-progress", *TINY,
                  "--set", "diffusion.process=flow", "--set", "diffusion.prediction=v"]) == 2
     assert "prediction for flow matching" in capsys.readouterr().err
+    assert main(["train", "--config", "toy2d", "--run", str(tmp_path / "bad"), "--no-progress", *TINY,
+                 "--set", "diffusion.t_law=logit_normal"]) == 2
+    assert "applies to flow matching" in capsys.readouterr().err

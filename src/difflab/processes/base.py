@@ -19,7 +19,7 @@ import torch
 
 from .. import ode_likelihood
 from ..checks import shape_of
-from ..denoiser import Denoiser, Model
+from ..denoiser import Denoiser, Model, bcast
 from ..gaussian import q_sample
 from ..samplers import DEFAULT_SPACING, SAMPLERS, make_levels, make_timesteps
 
@@ -61,8 +61,22 @@ class ProcessBase:
     preconditioning = None
 
     def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(alpha_t, sigma_t)`` at model time ``t``, shaped to broadcast over ``like`` (the process's)."""
-        raise NotImplementedError
+        """``(alpha_t, sigma_t)`` of the schedule at model time ``t``, shaped to broadcast over ``like``."""
+        alpha, sigma = self.schedule.alpha_sigma(self.model_time(like, t))
+        return bcast(alpha, like), bcast(sigma, like)
+
+    def training_draws(
+        self, x0: torch.Tensor, t, noise: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, noise)`` for ``loss``: ``t`` from :meth:`sample_t` and ``noise ~ N(0, I)`` on ``x0``'s
+        device unless given, both with ``generator``; refuses an ``x0`` that is not a batch."""
+        if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
+            raise ValueError(f"x0 must be a batch [B, ...], got shape {shape_of(x0)}")
+        if t is None:
+            t = self.sample_t(x0.shape[0], generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return t, noise
 
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
         """``model`` as ``(x_t, t) -> (x0_hat, eps_hat)`` on the schedule to sample on (the process's)."""

@@ -39,9 +39,10 @@ import functools
 import torch
 
 from ..checks import check_choice, check_int, check_number, check_positive
-from ..denoiser import Denoiser, Model, bcast
+from ..denoiser import Denoiser, Model
 from ..gaussian import check_prediction, target_of
 from ..samplers import FIXED_VARIANCES
+from ..schedules import check_log_snr, check_model_time
 from .base import ProcessBase
 
 T_LAWS = ("uniform", "logit_normal")
@@ -66,12 +67,7 @@ class FlowSchedule:
 
     def check_t(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (model time ``tau``) as float64, with a clear error outside ``[0, T-1]``."""
-        t64 = torch.as_tensor(t).detach().to(torch.float64)
-        top = self.timesteps - 1
-        if t64.numel() and (bool(torch.isnan(t64).any()) or float(t64.min()) < 0 or float(t64.max()) > top):
-            bad = t64[(t64 < 0) | (t64 > top) | torch.isnan(t64)].flatten()[0].item()
-            raise ValueError(f"model time {bad} is out of range: it must lie in [0, {top}]")
-        return t64
+        return check_model_time(t, self.timesteps - 1)
 
     def path_time(self, tau) -> torch.Tensor:
         """The path's ``t`` at model time ``tau``, float64."""
@@ -101,15 +97,8 @@ class FlowSchedule:
     def time_of_log_snr(self, lam) -> torch.Tensor:
         """Model time with ``lambda = lam`` exactly: ``t = sigmoid(-lam/2)``; ``lam`` must lie in
         ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped)."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
-        lo, hi = float(self.lambdas[-1]), float(self.lambdas[0])
-        slack = 1e-9 * (hi - lo)
-        if lam.numel() and (
-            bool(torch.isnan(lam).any()) or float(lam.min()) < lo - slack or float(lam.max()) > hi + slack
-        ):
-            bad = lam[(lam < lo - slack) | (lam > hi + slack) | torch.isnan(lam)].flatten()[0].item()
-            raise ValueError(f"log-SNR {bad:g} is outside the schedule's range [{lo:g}, {hi:g}]")
-        return self.model_time_of(torch.sigmoid(-0.5 * lam.clamp(lo, hi)))
+        lam = check_log_snr(lam, float(self.lambdas[-1]), float(self.lambdas[0]))
+        return self.model_time_of(torch.sigmoid(-0.5 * lam))
 
 
 class FlowMatching(ProcessBase):
@@ -156,11 +145,6 @@ class FlowMatching(ProcessBase):
             f"timesteps={self.timesteps}, t_law={law!r})"
         )
 
-    def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1 - t, t)`` at model time ``t``, shaped to broadcast over ``like``."""
-        alpha, sigma = self.schedule.alpha_sigma(self.model_time(like, t))
-        return bcast(alpha, like), bcast(sigma, like)
-
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training model times, float64 ``[batch]``: ``t`` uniform on ``[t_min, t_max]`` or
         ``sigmoid(m + s n)`` clamped to it (``t_law``)."""
@@ -183,12 +167,7 @@ class FlowMatching(ProcessBase):
         """Eq. (1) per example, ``[B]``: ``|| model(x_t, tau) - target ||^2`` averaged over dimensions
         (target ``eps - x_0`` for ``prediction="flow"``); ``t`` (model time) from :meth:`sample_t`
         and ``noise`` from ``N(0, I)`` unless given, both with ``generator``."""
-        if x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
-        if t is None:
-            t = self.sample_t(x0.shape[0], generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t, noise = self.training_draws(x0, t, noise, generator)
         t64 = self.model_time(x0, t).float().double()  # the very time the network sees
         x_t = self.q_sample(x0, t64, noise)
         alpha, sigma = self.alpha_sigma(t64, x0)

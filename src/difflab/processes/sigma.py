@@ -192,11 +192,6 @@ class SigmaDiffusion(ProcessBase):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._repr_args()})"
 
-    def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(1, sigma_t)`` shaped to broadcast over ``like``."""
-        alpha, sigma = self.schedule.alpha_sigma(self.model_time(like, t))
-        return bcast(alpha, like), bcast(sigma, like)
-
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training times uniform on the ``T`` levels (``log sigma`` uniform), int64 ``[batch]``."""
         return torch.randint(0, self.timesteps, (batch,), generator=generator, device="cpu")
@@ -219,12 +214,7 @@ class SigmaDiffusion(ProcessBase):
         """``lambda(sigma) ||D(x_0 + sigma n; sigma) - x_0||^2`` averaged over dimensions, ``[B]``,
         computed as ``||F(c_in x; t) - (x_0 - c_skip x)/c_out||^2``. ``t`` (model time) is drawn by
         :meth:`sample_t` unless given, ``noise`` from ``N(0, I)``, both with ``generator``."""
-        if x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
-        if t is None:
-            t = self.sample_t(x0.shape[0], generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t, noise = self.training_draws(x0, t, noise, generator)
         t = self.model_time(x0, t).float().double()  # the very t (and sigma) the network sees
         x = self.q_sample(x0, t, noise)
         pre = self.preconditioning

@@ -102,8 +102,17 @@ def _vdm_diffusion(cfg: Config, splits: Splits | None, prediction: str) -> VDMDi
 
 def _check_objective_keys(cfg: Config) -> None:
     """``diffusion.variance = 'learned'`` and ``model.learn_sigma`` go together; objectives and
-    weightings belong to the DDPM chain."""
+    weightings belong to the DDPM chain, the time law to flow matching."""
     d, m = cfg.diffusion, cfg.model
+    if d.process != "flow":
+        for key, value, default in (("diffusion.t_law", d.t_law, "uniform"),
+                                    ("diffusion.logit_mean", d.logit_mean, 0.0),
+                                    ("diffusion.logit_std", d.logit_std, 1.0)):
+            if value != default:
+                raise ValueError(
+                    f"{key}={value!r} applies to flow matching (diffusion.process = 'flow'), not to "
+                    f"process {d.process!r}; leave it at {default!r}"
+                )
     if d.process != "vp":
         for key, value, default in (("diffusion.objective", d.objective, "simple"),
                                     ("diffusion.weighting", d.weighting, "none"),

@@ -81,11 +81,6 @@ class GaussianDiffusion(ProcessBase):
 
     # ----------------------------------------------------------------- forward process
     # (``q_sample`` and the model-time check ``model_time`` come from ProcessBase)
-    def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped to broadcast over ``like``."""
-        alpha, sigma = self.schedule.alpha_sigma(self.model_time(like, t))
-        return bcast(alpha, like), bcast(sigma, like)
-
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -199,16 +194,10 @@ class GaussianDiffusion(ProcessBase):
         :mod:`difflab.processes.ddpm.objectives`.
         ``t`` is drawn uniformly from ``{0, ..., T-1}`` (Algorithm 1) unless given.
         """
-        if x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
         obj = Objective.of(objective, self.objective)
         if weighting is not None:
             obj = replace(obj, weighting=weighting)
-        B = x0.shape[0]
-        if t is None:
-            t = self.sample_t(B, generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t, noise = self.training_draws(x0, t, noise, generator)
         return objectives.loss(self, model, x0, t, noise, obj)
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ...checks import check_int, check_number
+from ...schedules import check_log_snr, check_model_time
 
 SCHEDULE_KINDS = ("linear", "cosine", "learned")
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0  # VDM's defaults: SNR from e^13.3 (data end) to e^-5 (prior end)
@@ -271,12 +272,8 @@ class ContinuousScheduleView:
 
     def check_t(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (model time ``tau``) as float64, with a clear error outside ``[0, T-1]``."""
-        t64 = torch.as_tensor(t).detach().to(torch.float64)
         top = self.timesteps - 1
-        if t64.numel() and (bool(torch.isnan(t64).any()) or float(t64.min()) < 0 or float(t64.max()) > top):
-            bad = t64[(t64 < 0) | (t64 > top) | torch.isnan(t64)].flatten()[0].item()
-            raise ValueError(f"model time {bad} is out of range: it must lie in [0, {top}] (tau = {top} t)")
-        return t64
+        return check_model_time(t, top, note=f" (tau = {top} t)")
 
     def log_snr(self, t) -> torch.Tensor:
         """``lambda(tau) = -gamma(tau / (T-1))``, float64 on ``t``'s device."""
@@ -297,14 +294,7 @@ class ContinuousScheduleView:
     def time_of_log_snr(self, lam) -> torch.Tensor:
         """Model time ``tau`` with ``lambda(tau) = lam`` exactly (bisection on the monotone schedule);
         ``lam`` must lie in ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped)."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
         g0, g1 = (float(v.detach()) for v in self.gamma_schedule.endpoints())
-        lo, hi = -g1, -g0
-        slack = 1e-9 * (hi - lo)
-        if lam.numel() and (
-            bool(torch.isnan(lam).any()) or float(lam.min()) < lo - slack or float(lam.max()) > hi + slack
-        ):
-            bad = lam[(lam < lo - slack) | (lam > hi + slack) | torch.isnan(lam)].flatten()[0].item()
-            raise ValueError(f"log-SNR {bad:g} is outside the schedule's range [{lo:g}, {hi:g}] (t = 1 .. 0)")
-        t = self.gamma_schedule.time_of_gamma(-lam.clamp(lo, hi))
+        lam = check_log_snr(lam, -g1, -g0, " (t = 1 .. 0)")
+        t = self.gamma_schedule.time_of_gamma(-lam)
         return t * (self.timesteps - 1)
