@@ -22,7 +22,7 @@ from difflab.cli import main
 from difflab.config import TrainConfig
 from difflab.data import make_toy2d
 from difflab.nets import MLPDenoiser
-from difflab.run_folder import RunFolderError, RunLock
+from difflab.runs.folder import RunFolderError, RunLock
 from difflab.train import Trainer, TrainingError, rng
 from difflab.train import checkpoint as ckpt_mod
 from difflab.train.logs import read_log
@@ -368,7 +368,7 @@ def test_data_path_pointing_at_a_file_and_a_decompression_bomb_are_one_line(tmp_
 
 def test_score_by_class_puts_each_example_with_its_own_label():
     from difflab import config as config_mod
-    from difflab.jobs import score_by_class
+    from difflab.runs import score_by_class
 
     cfg = config_mod.load("digits", ["model.num_classes=3"])
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from difflab import config as config_mod
-from difflab import jobs
+from difflab import runs as jobs
 from difflab.cli import main
 
 FAST = ["train.steps=3", "train.log_every=1", "train.threads=1", "train.batch_size=16", "eval.bound_n=4",
@@ -135,7 +135,7 @@ def test_pixel_only_likelihoods_refuse_autoencoder_and_latent_runs(runs, capsys)
 @pytest.mark.parametrize("pair, side, latent", [(("digits-vae", "digits-ldm"), 8, (2, 4, 4)),
                                                 (("mnist-vae", "mnist-ldm"), 28, (4, 7, 7))])
 def test_presets_build(pair, side, latent):
-    from difflab.build import Splits, build_model
+    from difflab.runs.build import Splits, build_model
     from difflab.vae.jobs import build_autoencoder
 
     x = torch.zeros(2, 1, side, side)

@@ -15,7 +15,8 @@ above its own variational bound. The variational bound instead treats ``x0`` thr
 (Jensen on ``P(x0) = int p(x0|z_0) p_ODE(z_0) dz_0``), with ``q(z_0|x0) = N(alpha_0 x0, sigma_0^2 I)``
 (the diffusion's own first level, so ``log q = -0.5 |eps|^2 - D/2 log(2 pi sigma_0^2)`` in closed form)
 and VDM's factorised decoder ``p(x0_i = c_k | z_0) = softmax_k(-(z_0,i/alpha_0 - c_k)^2 / (2 e^{gamma_0}))``
-on the data's grid, ``gamma_0 = -lambda_0`` (:func:`difflab.vdm.categorical_decoder_nll`): the exact
+on the data's grid, ``gamma_0 = -lambda_0``
+(:func:`difflab.processes.vdm.diffusion.categorical_decoder_nll`): the exact
 posterior of a grid with equally likely levels. Where ``sigma_0`` is far below the grid step the
 decoder costs almost nothing, ``p_ODE(z_0)`` is the model's density at the scale it was trained on, and
 (1) is tight when the model is exact (the test: a grid oracle, where (1) recovers ``-log P`` and uniform
@@ -33,7 +34,7 @@ import torch
 
 from .gaussian import check_grid, log_to_bits_per_dim
 from .ode_likelihood import log_alpha2, ode_nll
-from .vdm import categorical_decoder_nll
+from .processes.vdm.diffusion import categorical_decoder_nll
 
 __all__ = ["TruncatedODEBound", "truncated_ode_bits_per_dim"]
 
@@ -88,7 +89,7 @@ def truncated_ode_bound(
     import time
     from pathlib import Path
 
-    from . import jobs
+    from .runs import load as jobs
 
     run_dir = Path(run_dir)
     cfg, diffusion, model, splits = jobs.load_run(run_dir)

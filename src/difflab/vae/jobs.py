@@ -1,6 +1,6 @@
 """The run-folder jobs of autoencoder runs (``vae.kind`` = ``vae``, ``hvae``, ``autoencoder``) and latent
 diffusion runs (``latent.autoencoder`` = the folder of a trained ``autoencoder`` run), reached from
-:mod:`difflab.jobs` through one dispatch line per job (train, load, bound, strips).
+:mod:`difflab.runs` through one dispatch line per job (train, load, bound, strips).
 
 A latent run records in ``RUN/latent.json`` the autoencoder's folder, the SHA-256 of its weights (its
 fingerprint) and the latent scale measured at the start of training; resuming, sampling and evaluating
@@ -21,11 +21,11 @@ import torch
 
 from .. import config as config_mod
 from .. import threads as threads_mod
-from ..build import Splits, build_diffusion, build_model, build_splits, conditional
 from ..config import Config
-from ..objectives import make_t_sampler
-from ..run_folder import check_split
+from ..runs.build import Splits, build_diffusion, build_model, build_splits, conditional
+from ..runs.folder import check_split
 from ..train.checkpoint import atomic_write, checkpoint_path, load_weights
+from ..train.t_samplers import make_t_sampler
 from ..train.trainer import Trainer
 from .autoencoder import KLAutoencoder
 from .hvae import HierarchicalVAE
@@ -46,6 +46,13 @@ __all__ = ["KINDS", "LATENT_FILE", "bound", "handles", "load_run", "strips", "tr
 def handles(cfg: Config) -> bool:
     """Whether ``cfg`` is an autoencoder run or a latent diffusion run (these jobs' business)."""
     return bool(cfg.vae.kind) or bool(cfg.latent.autoencoder)
+
+
+def refuse(cfg: Config, what: str) -> None:
+    """A one-line refusal of a pixel-space likelihood (``what``) for these runs."""
+    if handles(cfg):
+        raise ValueError(f"{what} is for pixel-space diffusion runs; this is an autoencoder or latent "
+                         "diffusion run: `difflab eval bpd` gives its bound")
 
 
 def check_config(cfg: Config) -> None:
@@ -150,7 +157,7 @@ def _latent_process(cfg: Config, ae: LatentVariableModel, scale: float):
 
 
 def train_locked(cfg: Config, run_dir: Path, resume, progress: bool) -> dict[str, Any]:
-    """:func:`difflab.jobs.train` for autoencoder and latent runs (the folder is locked already)."""
+    """:func:`difflab.runs.train` for autoencoder and latent runs (the folder is locked already)."""
     check_config(cfg)
     if resume is not None:
         checkpoint_path(run_dir, resume)
@@ -214,7 +221,7 @@ def _grid_callback(cfg: Config, process, shape: tuple[int, ...], run_dir: Path):
 
 
 def load_run(cfg: Config, run_dir: Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
-    """:func:`difflab.jobs.load_run` for these runs: ``(config, process, EMA model, splits)``; the process
+    """:func:`difflab.runs.load_run` for these runs: ``(config, process, EMA model, splits)``; the process
     samples pixel images (:class:`~difflab.vae.vae.AutoencoderObjective` or
     :class:`~difflab.vae.latent.LatentDiffusion`)."""
     check_config(cfg)
@@ -243,7 +250,7 @@ def bound(
     """``difflab eval bpd`` of these runs, in bits/dim on the data's grid. Autoencoder runs: the ELBO with
     its reconstruction and per-level KL parts, and the IWAE bound for each ``K`` of ``eval.iwae_k``.
     Latent runs: the bound (2) of :mod:`difflab.vae.latent` with its decoder, latent and entropy parts."""
-    from .. import jobs  # the generic helpers (split_data, score_by_class, update_json)
+    from ..runs import load as jobs  # the generic helpers (split_data, score_by_class, update_json)
 
     run_dir = Path(run_dir)
     cfg, process, model, splits = jobs.load_run(run_dir)
@@ -285,7 +292,7 @@ def bound(
 def strips(run_dir: str | Path, rows: int = 10) -> list[str]:
     """``reconstructions.png``: the first ``rows`` test images over their reconstructions (through the
     autoencoder: the decoder mean at the encoder mean)."""
-    from .. import jobs
+    from ..runs import load as jobs
     from ..viz.images import save_grid
 
     run_dir = Path(run_dir)

@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..processes.protocol import has_bound
 from .elbo import GaussianConditional, gaussian_entropy, reparameterize
 from .vae import LatentVariableModel
 
@@ -138,13 +139,12 @@ class LatentDiffusion:
     def bound_terms(self, model, x: torch.Tensor, generator: torch.Generator | None = None,
                     **vlb_kwargs: Any) -> LatentBound:
         """The bound (2) on ``-log P(x)`` of grid images ``x``, nats ``[B]`` (float64, CPU)."""
-        ae = self.autoencoder
-        try:
-            parts = lsgm_bound(
-                x, ae.encoders()[0], lambda xx, z: ae.decoder_nll(xx, z).double().cpu(),
-                lambda z: self.latent_nll(model, z, generator=generator, **vlb_kwargs), generator,
-            )
-        except NotImplementedError:  # VE / EDM
+        if not has_bound(self.process):  # VE, EDM, flow
             raise ValueError(f"{type(self.process).__name__} has no variational bound; the latent bound "
-                             "needs diffusion.process = 'vp' or 'vdm'") from None
+                             "needs diffusion.process = 'vp' or 'vdm'")
+        ae = self.autoencoder
+        parts = lsgm_bound(
+            x, ae.encoders()[0], lambda xx, z: ae.decoder_nll(xx, z).double().cpu(),
+            lambda z: self.latent_nll(model, z, generator=generator, **vlb_kwargs), generator,
+        )
         return LatentBound(parts.decoder, parts.latent, parts.entropy.double().cpu())

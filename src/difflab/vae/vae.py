@@ -162,7 +162,7 @@ class NoTimesteps:
 
 
 class AutoencoderObjective:
-    """What :class:`~difflab.train.trainer.Trainer` and :func:`difflab.jobs.sample` ask of a process,
+    """What :class:`~difflab.train.trainer.Trainer` and :func:`difflab.runs.sample` ask of a process,
     for a :class:`LatentVariableModel`: ``loss(net, x0)`` is the model's own loss (``t`` and ``noise`` are
     unused: the reparameterization draws from the global RNG, which checkpoints restore), and
     ``sample`` draws from the prior and decodes (one network evaluation; samplers do not apply)."""
