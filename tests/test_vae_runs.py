@@ -105,7 +105,7 @@ def test_latent_training_resumes_exactly(runs, tmp_path):
     assert len(rows(a)) == 5 and rows(a) == rows(b)
 
 
-@pytest.mark.parametrize("process", ["vdm", "edm"])
+@pytest.mark.parametrize("process", ["vdm", "edm", "flow"])
 def test_other_processes_and_guidance_on_latents(runs, tmp_path, process):
     _, ae, _ = runs
     run = tmp_path / process
