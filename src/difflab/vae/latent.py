@@ -26,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ..processes.protocol import has_bound
+from ..processes.protocol import Process, has_bound
 from .elbo import GaussianConditional, gaussian_entropy, reparameterize
 from .vae import LatentVariableModel
 
@@ -83,7 +83,7 @@ class LatentDiffusion:
     * ``bound_terms``: the bound (2) in nats.
     """
 
-    def __init__(self, process, autoencoder: LatentVariableModel, scale: float):
+    def __init__(self, process: Process, autoencoder: LatentVariableModel, scale: float):
         if not (math.isfinite(scale) and scale > 0):
             raise ValueError(f"the latent scale must be a finite number > 0, got {scale!r}")
         self.process, self.autoencoder, self.scale = process, autoencoder.eval(), float(scale)
