@@ -149,8 +149,8 @@ def _objective(cfg: Config, splits: Splits | None) -> Objective:
 
 def build_model(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
     """The configured network; for ``diffusion.process = 'vdm'`` one on a 1000-step clock wrapped in a
-    :class:`~difflab.processes.vdm.VDMModel` with the configured schedule (a submodule, trained and saved
-    with it)."""
+    :class:`~difflab.processes.vdm.VDMModel` with the configured schedule (a submodule, trained and
+    saved with it)."""
     if cfg.diffusion.process != "vdm":
         return _build_net(cfg, data_shape, cfg.diffusion.timesteps)
     d = cfg.diffusion

@@ -42,9 +42,9 @@ def bound(
     cfg, diffusion, model, splits = load_run(run_dir)
     if not has_bound(diffusion):
         raise ValueError(
-            f"{type(diffusion).__name__} (diffusion.process = {cfg.diffusion.process!r}) has no variational "
-            "bound; measure it with `difflab eval bpd --ode` (the probability-flow likelihood) or by its "
-            "samples"
+            f"{type(diffusion).__name__} (diffusion.process = {cfg.diffusion.process!r}) has no "
+            "variational bound; measure it with `difflab eval bpd --ode` (the probability-flow "
+            "likelihood) or by its samples"
         )
     set_threads(cfg)
     data, labels = split_data(cfg, splits, split, n)
