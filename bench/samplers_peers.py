@@ -43,9 +43,10 @@ import torch
 
 import difflab as dl
 from difflab.oracles import GaussianMixtureOracle, GaussianOracle
+from difflab.samplers.budget import recommend
 
-BUDGETS = (5, 6, 8, 10, 15, 20, 50)
-SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump")
+BUDGETS = (5, 6, 8, 10, 12, 15, 20, 50)
+SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump", "logsnr-jump")
 #: rtol = atol of the adaptive solvers: eight a decade from 0.32 to 5.6e-5 for difflab, every other one
 #: (four a decade) for k-diffusion, whose solver is the slower to run
 TOLERANCES = tuple(10 ** (-k / 8) for k in range(4, 35))
@@ -273,6 +274,12 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
                 steps = levels_for(cost, b)
                 x, nfe = run_difflab(diffusion, prob, name, spacing, opts, steps)
                 rows["difflab"].append({"label": label, "nfe": nfe, "err": rms(x, prob["ref"])})
+        recommended = []
+        for b in BUDGETS if fixed else ():  # the one configuration per budget of ``--nfe``
+            name, steps, spacing = recommend(b)
+            x, nfe = run_difflab(diffusion, prob, name, spacing, {}, steps)
+            recommended.append({"label": f"{name} {spacing}", "nfe": nfe, "err": rms(x, prob["ref"]),
+                                "budget": b})
         t1 = time.perf_counter()
         for label, cls, opts in diffusers_configs() if fixed else ():
             for b in BUDGETS:
@@ -319,7 +326,7 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
         t4 = time.perf_counter()
         print(f"{prob['name']}: difflab {t1 - t0:.0f} s, diffusers {t2 - t1:.0f} s, "
               f"k-diffusion {t3 - t2:.0f} s, adaptive {t4 - t3:.0f} s", flush=True)
-        results[prob["name"]] = {"rows": rows, "adaptive": adaptive}
+        results[prob["name"]] = {"rows": rows, "adaptive": adaptive, "recommended": recommended}
     return results
 
 
@@ -335,6 +342,14 @@ def table(name: str, res) -> str:
         peers = [best[lib][b][0] for lib in ("diffusers", "k-diffusion") if b in best[lib]]
         ratio = min(peers) / best["difflab"][b][0] if peers and b in best["difflab"] else math.nan
         lines.append(f"| {b} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    if res["recommended"]:
+        lines += ["", f"**{name}: `difflab sample --nfe N` (`budget.recommend`) against the best peer**", "",
+                  "| NFE | configuration (NFE used) | error | best peer / this |", "|---|---|---|---|"]
+        for r in res["recommended"]:
+            b = r["budget"]
+            peers = [best[lib][b][0] for lib in ("diffusers", "k-diffusion") if b in best[lib]]
+            ratio = min(peers) / r["err"]
+            lines.append(f"| {b} | {r['label']} ({r['nfe']}) | {r['err']:.2e} | {ratio:.2f} |")
     lines += ["", f"**{name}: adaptive solvers (each point: NFE, RMS error)**", "",
               "| tolerance | difflab dpm-adaptive (order 2 / 3) | k-diffusion dpm_adaptive (order 2 / 3) |",
               "|---|---|---|"]

@@ -87,10 +87,13 @@ DEFAULT_SPACING = {
     # measured (bench/samplers_peers.py, docs/samplers.md): the spacing with the smallest geometric-mean
     # error relative to the best peer (diffusers, k-diffusion) over 5-20 NFE on the 64-D anisotropic
     # Gaussian and the 2-D mixture, each sampler with its default options (chosen the same way).
-    # Quadratic steps, finer near the data than logsnr but coarser than edm, suit the multistep methods
-    # that extrapolate the noise prediction (UniPC 1.29x the best peer's error on that mean against
-    # 1.42x on edm-jump, 2.1x logsnr, 2.9x edm; iPNDM 0.83x against 1.1-1.2x)
-    "unipc": "quadratic",
+    # UniPC (data prediction, B2(h)): logsnr-jump, the top level then equal log-SNR steps from sigma~ =
+    # 10 (UniPC's own variable below the jump; above it x0_hat barely moves): 2-8x more accurate than the
+    # best peer at 14-20 NFE on the Gaussian and 1.7-3.4x on the mixture, where quadratic steps were
+    # 0.8-0.9x / 2-4x and plain logsnr 0.9-3.5x / 0.9-1.2x.
+    "unipc": "logsnr-jump",
+    # Quadratic steps, finer near the data than logsnr but coarser than edm, suit iPNDM's extrapolation
+    # of the noise prediction (0.83x the best peer's error on that mean against 1.1-1.2x)
     "ipndm": "quadratic",
     # edm-jump: one step from the top level to sigma~ = 10, then EDM's rho = 7 ramp; AB-DEIS in log rho
     # extrapolates least across it (0.89x against 1.5x quadratic, 1.9x edm and logsnr)

@@ -3,7 +3,8 @@ in the data-prediction form of DPM-Solver++ and EDM's coordinates (:mod:`.ve`).
 
 Each attempt from ``(x~, lambda)`` over ``h`` computes a lower- and a higher-order singlestep solution
 that share their evaluations (:mod:`.singlestep`): ``order=2`` pairs DPM-Solver-1 with DPM-Solver-2
-(``r1 = 1/2``), ``order=3`` pairs DPM-Solver-2 (``r1 = 1/3``) with DPM-Solver-3 (``r1, r2 = 1/3, 2/3``).
+(``r1 = 1/2``), ``order=3`` pairs DPM-Solver-2 (``r1 = 1/3``, always in the paper's form, Algorithm 1
+of Lu et al. 2022, ``solver_type="midpoint"``) with DPM-Solver-3 (``r1, r2 = 1/3, 2/3``).
 The error estimate is the root mean square over every element of the batch of
 
     (x~_high - x~_low) / delta,      delta = max(atol, rtol max(|x~_low|, |x~_prev|)),
@@ -17,7 +18,11 @@ Four defaults differ from Algorithm 4, all measured (``bench/samplers_peers.py``
 the growth of ``h`` per attempt is capped at ``max_growth = 2`` (the usual safeguard of adaptive
 Runge-Kutta codes; uncapped, one very small error estimate lets the next step jump across the
 transition from noise to data, where the two solutions of a pair can agree by chance), and the pair
-integrates ``D`` in its ``"heun"`` (Taylor) form (:mod:`.singlestep`); ``theta = 0.7`` instead of 0.9
+integrates ``D`` in its ``"heun"`` (Taylor) form (:mod:`.singlestep`) for the accepted (higher-order)
+solution, while the lower-order one that only measures the error keeps the paper's first-order weight
+(with the Taylor form there too the estimate is larger at tight tolerances and k-diffusion's noise-
+prediction solver was up to 1.23x more accurate at equal NFE on the mixture oracle; with the paper's
+lower solution at most 1.04x, see ``bench/RESULTS.md``); ``theta = 0.7`` instead of 0.9
 (fewer rejected attempts: 1.3-2x less error at equal NFE on the mixture oracle at tight tolerances)
 and ``h_init = 0.5`` (the paper's 0.05 spends the first evaluations on steps far below what the
 tolerance allows at high noise).
@@ -92,7 +97,7 @@ def dpm_adaptive(
                 x_low = first_order_step(x, h, d0)
                 x_high, _ = second_order_step(ve, x, ell, h, d0, 0.5, solver_type)
             else:
-                x_low, d1 = second_order_step(ve, x, ell, h, d0, 1 / 3, solver_type)
+                x_low, d1 = second_order_step(ve, x, ell, h, d0, 1 / 3, "midpoint")
                 x_high = third_order_step(ve, x, ell, h, d0, d1, 1 / 3, 2 / 3, solver_type)
             err = error_ratio(x_high, x_low, x_prev, rtol, atol)
             if err <= 1.0:
