@@ -308,11 +308,13 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
         adaptive = {"difflab": [], "k-diffusion": []}
         for i, tol in enumerate(TOLERANCES):
             for order in (2, 3):
-                model = Counting(prob["oracle"])
-                x = diffusion.sample(model, prob["z"].shape, sampler="dpm-adaptive", steps=2, x_T=prob["z"],
-                                     order=order, rtol=tol, atol=tol)
-                adaptive["difflab"].append({"label": f"dpm-adaptive order={order} rtol=atol={tol:.2g}",
-                                            "nfe": model.calls, "err": rms(x, prob["ref"]), "tol": tol})
+                for pred in ("data", "noise"):
+                    model = Counting(prob["oracle"])
+                    x = diffusion.sample(model, prob["z"].shape, sampler="dpm-adaptive", steps=2,
+                                         x_T=prob["z"], order=order, rtol=tol, atol=tol, prediction=pred)
+                    adaptive["difflab"].append({
+                        "label": f"dpm-adaptive prediction={pred} order={order} rtol=atol={tol:.2g}",
+                        "nfe": model.calls, "err": rms(x, prob["ref"]), "tol": tol, "prediction": pred})
                 if i % 2:
                     continue
                 model = Counting(prob["oracle"])
@@ -351,16 +353,20 @@ def table(name: str, res) -> str:
             ratio = min(peers) / r["err"]
             lines.append(f"| {b} | {r['label']} ({r['nfe']}) | {r['err']:.2e} | {ratio:.2f} |")
     lines += ["", f"**{name}: adaptive solvers (each point: NFE, RMS error)**", "",
-              "| tolerance | difflab dpm-adaptive (order 2 / 3) | k-diffusion dpm_adaptive (order 2 / 3) |",
-              "|---|---|---|"]
+              "| tolerance | difflab dpm-adaptive, data prediction (order 2 / 3) | difflab, noise prediction "
+              "(order 2 / 3) | k-diffusion dpm_adaptive (order 2 / 3) |", "|---|---|---|---|"]
     ad = res["adaptive"]
+    data, noise = ({"difflab": [r for r in ad["difflab"] if r.get("prediction", "data") == p],
+                    "k-diffusion": ad["k-diffusion"]} for p in ("data", "noise"))
     for tol in TOLERANCES:
         cells = []
-        for lib in ("difflab", "k-diffusion"):
-            pair = [r for r in ad[lib] if r["tol"] == tol]
+        for rows in (data["difflab"], noise["difflab"], ad["k-diffusion"]):
+            pair = [r for r in rows if r["tol"] == tol]
             cells.append(" / ".join(f"{r['nfe']}, {r['err']:.2e}" for r in pair) or "-")
         lines.append(f"| {tol:.2g} | " + " | ".join(cells) + " |")
-    lines += ["", adaptive_verdict(ad), ""]
+    lines += ["", "both predictions: " + adaptive_verdict(ad), "",
+              "data prediction only: " + adaptive_verdict(data), "",
+              "noise prediction only: " + adaptive_verdict(noise), ""]
     return "\n".join(lines)
 
 
