@@ -225,6 +225,10 @@ def test_every_new_sampler_solves_every_process(process):
         x = d.sample(oracle, z.shape, sampler=name, steps=16, spacing="logsnr", x_T=z, **options)
         err = float((x - ref).abs().max()) / max(1.0, float(ref.abs().max()))
         assert err < 0.02, (process, name, options)
+    x = d.sample(oracle, z.shape, sampler="restart", steps=16, x_T=z, restart_steps=8,
+                 generator=torch.Generator().manual_seed(2))
+    ref = exact_restart_endpoint(d, z, 16, 1, seed=2)
+    assert float((x - ref).abs().max()) / max(1.0, float(ref.abs().max())) < 0.05, (process, "restart")
 
 
 @pytest.mark.parametrize(
@@ -331,3 +335,50 @@ def test_a_jump_spacing_is_its_ramp_when_the_top_level_is_at_the_jump():
     for plain in ("edm", "logsnr"):
         jumped = d.timesteps_for(12, f"{plain}-jump")
         torch.testing.assert_close(jumped, d.timesteps_for(12, plain), rtol=0, atol=0)
+
+
+def exact_restart_endpoint(diffusion, z, steps, restarts, seed, interval=(0.1, 2.0)):
+    """The exact flow with Restart's jumps (Xu et al. 2023, Algorithm 1), closed form: flow to the first
+    ``edm`` level at or below ``interval[0]``, ``restarts`` times add ``sqrt(top^2 - lo^2) z`` with the
+    sampler's noise and flow back down, then flow to the last level and take ``x0_hat`` there."""
+    lv = make_levels(diffusion.schedule, diffusion.timesteps_for(steps, "edm"))
+    sig = [float(s) for s in lv.sigma_ve]
+    lo = next(s for s in sig[1:] if s <= interval[0])
+
+    def flow(x, a, b):
+        return MU + (x - MU) * math.sqrt(S**2 + b**2) / math.sqrt(S**2 + a**2)
+
+    x = flow(z / float(lv.alpha[0]), sig[0], lo)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(restarts):
+        x = x + math.sqrt(interval[1] ** 2 - lo**2) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        x = flow(x, interval[1], lo)
+    x = flow(x, lo, sig[-1])
+    return MU + S**2 * (x - MU) / (S**2 + sig[-1] ** 2)
+
+
+def test_restart_converges_at_second_order_to_the_exact_restarted_flow(diffusion, oracle):
+    z, errs, nfes = x_T(), [], []
+    for steps in (20, 40):
+        counting, calls = counted(oracle)
+        x, nfe = diffusion.sample(counting, z.shape, sampler="restart", steps=steps, x_T=z, restarts=2,
+                                  restart_steps=steps // 2, generator=torch.Generator().manual_seed(5),
+                                  return_nfe=True)
+        assert nfe == len(calls) == 2 * steps - 1 + 2 * 2 * (steps // 2)
+        ref = exact_restart_endpoint(diffusion, z, steps, 2, seed=5)
+        errs.append(float((x - ref).pow(2).mean().sqrt()))
+        nfes.append(nfe)
+    slope = math.log(errs[0] / errs[1]) / math.log(nfes[1] / nfes[0])
+    assert abs(slope - 2) < 0.35 and errs[1] < 1e-3, (slope, errs)
+
+
+def test_restart_without_restarts_is_heun_and_counts_as_documented(diffusion, oracle):
+    z = x_T(16)
+    a = diffusion.sample(oracle, z.shape, sampler="restart", steps=11, x_T=z, restarts=0)
+    b = diffusion.sample(oracle, z.shape, sampler="heun", steps=11, x_T=z)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    counting, calls = counted(oracle)
+    _, nfe = diffusion.sample(counting, z.shape, sampler="restart", steps=11, x_T=z, return_nfe=True)
+    assert nfe == len(calls) == 2 * 11 - 1 + 2 * 4 and levels_for_nfe("restart", nfe) == 11
+    with pytest.raises(ValueError, match="restart_sigmas"):
+        diffusion.sample(oracle, z.shape, sampler="restart", steps=11, restart_sigmas=(2.0, 0.1))

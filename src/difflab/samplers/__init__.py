@@ -23,6 +23,7 @@ ipndm           N                           iPNDM, orders 1-4 (:mod:`.ipndm`)
 dpm++2s         2N - 1                      DPM-Solver++(2S) (:mod:`.singlestep`)
 dpm++3s         3N - 2                      DPM-Solver++(3S) (:mod:`.singlestep`)
 dpm-adaptive    adaptive (+1)               DPM-Solver-12/23, error-controlled (:mod:`.adaptive`)
+restart         2N - 1 + 2 K restart_steps  Restart sampling, Heun + K restarts (:mod:`.restart`)
 ==============  ==========================  =================================================
 """
 
@@ -41,6 +42,7 @@ from .levels import (
     time_of_sigma_ve,
 )
 from .ode import ode
+from .restart import restart
 from .score_sde import langevin, pc
 from .singlestep import dpmpp_2s, dpmpp_3s
 from .unipc import unipc
@@ -62,6 +64,7 @@ SAMPLERS = {
     "dpm++2s": dpmpp_2s,
     "dpm++3s": dpmpp_3s,
     "dpm-adaptive": dpm_adaptive,
+    "restart": restart,
 }
 
 #: The spacing ``GaussianDiffusion.sample`` uses when ``spacing=None``, and why:
@@ -104,6 +107,8 @@ DEFAULT_SPACING = {
     "dpm++3s": "edm-jump",
     # only the first and last levels are used: any spacing gives the same answer
     "dpm-adaptive": "logsnr",
+    # Restart's main pass is EDM's Heun solver, on EDM's steps as in the paper
+    "restart": "edm",
 }
 
 __all__ = [
@@ -130,6 +135,7 @@ __all__ = [
     "make_timesteps",
     "ode",
     "pc",
+    "restart",
     "time_of_log_snr",
     "time_of_sigma_ve",
     "unipc",
