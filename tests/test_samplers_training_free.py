@@ -225,7 +225,7 @@ def test_every_new_sampler_solves_every_process(process):
         x = d.sample(oracle, z.shape, sampler=name, steps=16, spacing="logsnr", x_T=z, **options)
         err = float((x - ref).abs().max()) / max(1.0, float(ref.abs().max()))
         assert err < 0.02, (process, name, options)
-    x = d.sample(oracle, z.shape, sampler="restart", steps=16, x_T=z, restart_steps=8,
+    x = d.sample(oracle, z.shape, sampler="restart", steps=16, x_T=z,
                  generator=torch.Generator().manual_seed(2))
     ref = exact_restart_endpoint(d, z, 16, 1, seed=2)
     assert float((x - ref).abs().max()) / max(1.0, float(ref.abs().max())) < 0.05, (process, "restart")
@@ -379,6 +379,6 @@ def test_restart_without_restarts_is_heun_and_counts_as_documented(diffusion, or
     torch.testing.assert_close(a, b, rtol=0, atol=0)
     counting, calls = counted(oracle)
     _, nfe = diffusion.sample(counting, z.shape, sampler="restart", steps=11, x_T=z, return_nfe=True)
-    assert nfe == len(calls) == 2 * 11 - 1 + 2 * 4 and levels_for_nfe("restart", nfe) == 11
+    assert nfe == len(calls) == 2 * 11 - 1 + 2 * 9 and levels_for_nfe("restart", nfe) == 11
     with pytest.raises(ValueError, match="restart_sigmas"):
         diffusion.sample(oracle, z.shape, sampler="restart", steps=11, restart_sigmas=(2.0, 0.1))

@@ -34,7 +34,7 @@ NFE_OF_LEVELS = {
     "dpm++2s": lambda n: 2 * n - 1,
     "dpm++3s": lambda n: 3 * n - 2,
     "pc": lambda n: 2 * n,
-    "restart": lambda n: 2 * n - 1 + 2 * 4,  # one restart of 4 Heun steps (the defaults)
+    "restart": lambda n: 2 * n - 1 + 2 * 9,  # one restart of 9 Heun steps (the defaults)
 }
 #: samplers whose evaluation count is set by a tolerance or a per-level count, not by the levels
 NOT_BY_LEVELS = ("ode", "dpm-adaptive", "langevin")
