@@ -394,9 +394,13 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write every row here")
     p.add_argument("--only", default=None, help="gaussian or mixture")
     p.add_argument("--adaptive-only", action="store_true", help="only the adaptive solvers' sweep")
+    p.add_argument("--budgets", default=None, help="comma-separated NFE budgets (default: BUDGETS)")
     args = p.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    if args.budgets:
+        global BUDGETS
+        BUDGETS = tuple(int(b) for b in args.budgets.split(","))
     import diffusers
 
     t0 = time.perf_counter()

@@ -29,8 +29,8 @@ from difflab.metrics.classifier_features import classifier_scores, load_or_train
 from difflab.samplers.budget import levels_for_nfe, recommend
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-sde", "pc")
-# the training-free samplers of issue 14: their levels for a budget come from difflab.samplers.budget
-BUDGETED = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s")
+# the samplers of issue 14: their levels for a budget come from difflab.samplers.budget
+BUDGETED = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s", "restart")
 
 
 def _steps_for():
