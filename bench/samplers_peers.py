@@ -261,7 +261,7 @@ def best_per_budget(rows):
     return out
 
 
-def sweep(problems, diffusion, quick: bool, fixed: bool = True):
+def sweep(problems, diffusion, quick: bool, fixed: bool = True, adaptive: bool = True):
     K, KE = load_k_diffusion()
     results = {}
     for prob in problems:
@@ -305,14 +305,14 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
             rows["k-diffusion"].append({"label": "dpm_fast (to sigma_min)", "nfe": model.calls,
                                         "err": rms(x, prob["ref_min"])})
         t3 = time.perf_counter()
-        adaptive = {"difflab": [], "k-diffusion": []}
-        for i, tol in enumerate(TOLERANCES):
+        solved = {"difflab": [], "k-diffusion": []}
+        for i, tol in enumerate(TOLERANCES if adaptive else ()):
             for order in (2, 3):
                 for pred in ("data", "noise"):
                     model = Counting(prob["oracle"])
                     x = diffusion.sample(model, prob["z"].shape, sampler="dpm-adaptive", steps=2,
                                          x_T=prob["z"], order=order, rtol=tol, atol=tol, prediction=pred)
-                    adaptive["difflab"].append({
+                    solved["difflab"].append({
                         "label": f"dpm-adaptive prediction={pred} order={order} rtol=atol={tol:.2g}",
                         "nfe": model.calls, "err": rms(x, prob["ref"]), "tol": tol, "prediction": pred})
                 if i % 2:
@@ -322,13 +322,13 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
                 x = prob["z"] * math.sqrt(1.0 + float(den.sigma_max) ** 2)
                 x = K.sample_dpm_adaptive(den, x, float(den.sigma_min), float(den.sigma_max), order=order,
                                           rtol=tol, atol=tol, disable=True)
-                adaptive["k-diffusion"].append({"label": f"dpm_adaptive order={order} rtol=atol={tol:.2g}",
-                                                "nfe": model.calls, "err": rms(x, prob["ref_min"]),
-                                                "tol": tol})
+                solved["k-diffusion"].append({"label": f"dpm_adaptive order={order} rtol=atol={tol:.2g}",
+                                              "nfe": model.calls, "err": rms(x, prob["ref_min"]),
+                                              "tol": tol})
         t4 = time.perf_counter()
         print(f"{prob['name']}: difflab {t1 - t0:.0f} s, diffusers {t2 - t1:.0f} s, "
               f"k-diffusion {t3 - t2:.0f} s, adaptive {t4 - t3:.0f} s", flush=True)
-        results[prob["name"]] = {"rows": rows, "adaptive": adaptive, "recommended": recommended}
+        results[prob["name"]] = {"rows": rows, "adaptive": solved, "recommended": recommended}
     return results
 
 
@@ -352,6 +352,8 @@ def table(name: str, res) -> str:
             peers = [best[lib][b][0] for lib in ("diffusers", "k-diffusion") if b in best[lib]]
             ratio = min(peers) / r["err"]
             lines.append(f"| {b} | {r['label']} ({r['nfe']}) | {r['err']:.2e} | {ratio:.2f} |")
+    if not res["adaptive"]["difflab"]:
+        return "\n".join(lines + [""])
     lines += ["", f"**{name}: adaptive solvers (each point: NFE, RMS error)**", "",
               "| tolerance | difflab dpm-adaptive, data prediction (order 2 / 3) | difflab, noise prediction "
               "(order 2 / 3) | k-diffusion dpm_adaptive (order 2 / 3) |", "|---|---|---|---|"]
@@ -395,6 +397,7 @@ def main() -> None:
     p.add_argument("--only", default=None, help="gaussian or mixture")
     p.add_argument("--adaptive-only", action="store_true", help="only the adaptive solvers' sweep")
     p.add_argument("--budgets", default=None, help="comma-separated NFE budgets (default: BUDGETS)")
+    p.add_argument("--fixed-only", action="store_true", help="skip the adaptive solvers' sweep")
     args = p.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
@@ -411,7 +414,8 @@ def main() -> None:
         problems.append(gaussian_problem(diffusion, n))
     if args.only in (None, "mixture"):
         problems.append(mixture_problem(diffusion, 2 * n))
-    results = sweep(problems, diffusion, args.quick, fixed=not args.adaptive_only)
+    results = sweep(problems, diffusion, args.quick, fixed=not args.adaptive_only,
+                    adaptive=not args.fixed_only)
     print(f"\ndiffusers {diffusers.__version__}, k-diffusion 0.1.1, torch {torch.__version__}, "
           f"{time.perf_counter() - t0:.0f} s\n")
     for name, res in results.items():
