@@ -95,7 +95,7 @@ class _PytestStub:
 
 def _cifar_model():
     from difflab import config
-    from difflab.build import build_diffusion, build_model
+    from difflab.runs.build import build_diffusion, build_model
 
     cfg = config.load("cifar10-ddpm")
     model = build_model(cfg, (3, 32, 32)).cuda().to(memory_format=torch.channels_last)

@@ -23,9 +23,10 @@ from pathlib import Path
 
 import torch
 
-from difflab import jobs
-from difflab.build import build_splits
+from difflab import runs as jobs
 from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
+from difflab.runs.build import build_splits
+from difflab.runs.load import sampling_model
 from difflab.samplers.budget import levels_for_nfe, recommend
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-sde", "pc")
@@ -57,7 +58,7 @@ def main() -> None:
     )
     shape = (args.n, *splits.shape)
     x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    net = jobs._sampling_model(cfg, model, args.n)
+    net = sampling_model(cfg, model, args.n)
 
     def run(name: str, steps: int | None, **opts) -> dict:
         t0 = time.perf_counter()

@@ -16,7 +16,7 @@ import time
 import torch
 
 from difflab import config
-from difflab.build import build_diffusion, build_model, build_splits
+from difflab.runs.build import build_diffusion, build_model, build_splits
 from difflab.threads import free_cores
 
 

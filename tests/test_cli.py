@@ -113,7 +113,7 @@ def test_config_validation():
 
 @pytest.mark.parametrize("preset", ["toy2d", "digits", "mnist", "cifar10-ddpm"])
 def test_presets_load_and_build(preset):
-    from difflab.build import build_model
+    from difflab.runs.build import build_model
 
     cfg = config_mod.load(preset)
     shape = {"toy2d": (2,), "digits": (1, 8, 8), "mnist": (1, 28, 28), "cifar10-ddpm": (3, 32, 32)}[preset]

@@ -217,7 +217,7 @@ def make_run(tmp_path, *overrides: str, name: str = "run"):
     from safetensors.torch import save_file
 
     from difflab import config
-    from difflab.build import build_model
+    from difflab.runs.build import build_model
 
     # the digits U-Net at 32 channels (diffusers' GroupNorm takes 32 groups) with attention at 4x4
     base = ["model.channels=32", "model.attention_resolutions=[4]", "model.dropout=0.1"]
@@ -242,7 +242,7 @@ def make_run(tmp_path, *overrides: str, name: str = "run"):
 )
 def test_exported_run_loads_in_diffusers_and_matches(tmp_path, overrides):
     from difflab.cli import main
-    from difflab.jobs import load_run
+    from difflab.runs import load_run
 
     run = make_run(tmp_path, *overrides)
     out = tmp_path / "exported"
@@ -309,8 +309,8 @@ def test_cli_samples_and_scores_a_diffusers_folder(linear_pipe, tmp_path, monkey
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["bound_points"] == 6 and metrics["ode_points"] == 6
     # the bound the CLI wrote is the library's bound of the loaded model on the named data's test split
-    from difflab.build import build_splits
-    from difflab.jobs import load_run
+    from difflab.runs import load_run
+    from difflab.runs.build import build_splits
 
     cfg, diffusion, model, splits = load_run(out)
     assert cfg.data.name == "digits" and splits.bins == 17

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from difflab import config as config_mod
-from difflab.build import build_model
 from difflab.config import ModelConfig
 from difflab.nets.unet import UNet, fourier_features, unet_from_config
+from difflab.runs.build import build_model
 
 
 def direct_features(x: torch.Tensor, exponents) -> torch.Tensor:

@@ -6,7 +6,7 @@ import math
 import pytest
 from test_cli import TINY
 
-from difflab import jobs
+from difflab import runs as jobs
 from difflab.cli import main
 from difflab.ode_likelihood import ode_nll
 
@@ -43,9 +43,12 @@ def test_viz_vlb_plots_the_bound_it_reports(run, tmp_path, capsys):
     assert parts["total"] == pytest.approx(parts["prior"] + parts["diffusion"] + parts["decoder"], rel=1e-12)
 
 
-def test_likelihood_commands_reject_other_processes(tmp_path, capsys):
+def test_bound_commands_reject_processes_without_a_bound(tmp_path, capsys):
     run = tmp_path / "ve"
     assert main(["train", "--config", "toy2d", "--run", str(run), "--no-progress", *TINY,
                  "--set", "diffusion.process=ve", "--set", "train.steps=2"]) == 0
     assert main(["viz", "vlb", "--run", str(run), "--no-progress"]) == 2
-    assert "variance-preserving" in capsys.readouterr().err
+    assert "needs a process with a variational bound" in capsys.readouterr().err
+    assert main(["eval", "bpd", "--run", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "has no variational bound" in err and "--ode" in err

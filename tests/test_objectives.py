@@ -22,14 +22,15 @@ from torch import nn
 
 import difflab as dl
 from difflab import config as config_mod
-from difflab.build import build_diffusion
 from difflab.config import TrainConfig
 from difflab.data import make_toy2d
 from difflab.nets import MLPDenoiser
-from difflab.objectives import ImportanceTimesteps, Objective, make_t_sampler, snr_weight
 from difflab.oracles import GaussianOracle
 from difflab.processes import EDMDiffusion
+from difflab.processes.ddpm.objectives import Objective, snr_weight
+from difflab.runs.build import build_diffusion
 from difflab.train import Trainer, load_checkpoint
+from difflab.train.t_samplers import ImportanceTimesteps, make_t_sampler
 
 F64 = torch.float64
 

@@ -21,7 +21,6 @@ import difflab as dl
 from difflab.gaussian import discretized_gaussian_log_likelihood
 from difflab.ode_likelihood import ODEView, ode_bits_per_dim, ode_nll
 from difflab.oracles import GaussianMixtureOracle, GaussianOracle
-from difflab.processes import VEDiffusion
 
 MU = torch.tensor([0.5, -0.3], dtype=torch.float64)
 S = torch.tensor([0.4, 1.3], dtype=torch.float64)
@@ -326,8 +325,6 @@ def test_bad_inputs_raise(diffusion):
         ODEView(-1.0, 1.0, lambda x, lam: x)
     with pytest.raises(TypeError, match="no ode_view"):
         ode_nll(object(), oracle, torch.zeros(2, 2))
-    with pytest.raises(NotImplementedError, match="variance-preserving"):
-        VEDiffusion().ode_nll(oracle, torch.zeros(2, 2))
 
 
 def test_a_model_without_gradients_is_refused(diffusion):

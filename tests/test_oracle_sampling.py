@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import difflab as dl
-from difflab.likelihood import entropy_bits_per_dim
 from difflab.oracles import GaussianMixtureOracle, GaussianOracle, GridOracle
+from difflab.processes.ddpm.bound import entropy_bits_per_dim
 
 MU, S = 0.5, 0.3
 

@@ -12,7 +12,6 @@ import pytest
 import torch
 
 from difflab import GaussianDiffusion
-from difflab.build import build_diffusion
 from difflab.cli import main
 from difflab.config import Config, TrainConfig
 from difflab.data import make_toy2d
@@ -20,7 +19,8 @@ from difflab.gaussian import posterior_coefficients
 from difflab.metrics import sliced_wasserstein
 from difflab.nets import MLPDenoiser
 from difflab.oracles import GaussianOracle
-from difflab.processes import EDMDiffusion, SigmaSchedule, VEDiffusion
+from difflab.processes import EDMDiffusion, Process, SigmaSchedule, VEDiffusion
+from difflab.runs.build import build_diffusion
 from difflab.samplers import SAMPLERS
 from difflab.train import Trainer
 
@@ -220,10 +220,12 @@ def test_sampling_starts_from_sigma_max_noise():
 VP_ONLY = ["q_posterior", "vlb_terms", "bits_per_dim", "prior_kl", "p_mean_variance", "reverse_log_variance"]
 
 
-@pytest.mark.parametrize("method", VP_ONLY)
-def test_vp_only_quantities_raise_clearly(method):
-    with pytest.raises(NotImplementedError, match="variance-preserving DDPM chain only"):
-        getattr(ve(), method)(None, torch.zeros(2, 2), torch.zeros(2))
+@pytest.mark.parametrize("make", [ve, lambda: EDMDiffusion()])
+def test_processes_without_a_bound_declare_it_and_inherit_no_stubs(make):
+    d = make()
+    assert d.bound_parts == () and d.discrete_steps is None and d.preconditioning is not None
+    assert not any(hasattr(d, m) for m in VP_ONLY)  # nothing inherited only to be refused
+    assert isinstance(d, Process)
 
 
 def test_build_diffusion_picks_the_process():
@@ -321,7 +323,7 @@ def test_cli_trains_and_samples_a_toy_process(tmp_path, capsys, process):
     assert '"nfe": 9' in capsys.readouterr().out
     assert np.isfinite(np.load(run / "samples.npy")).all()
     assert main(["eval", "bpd", "--run", str(run), "--no-progress"]) == 2
-    assert "variance-preserving DDPM chain only" in capsys.readouterr().err
+    assert "has no variational bound" in capsys.readouterr().err
 
 
 def test_cli_trains_edm_on_digits(tmp_path):

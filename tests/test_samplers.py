@@ -263,8 +263,7 @@ def test_langevin_default_step_follows_the_level_on_every_schedule(process):
     0.01) and stays stable where the last level is far smaller (VDM 0.0013, EDM 0.002; NCSN's absolute
     ``2e-5`` makes the first step ``e/V`` about 10 and 5 there and diverges): the samples' moments
     match the exact recursion."""
-    from difflab.processes import EDMDiffusion
-    from difflab.vdm import VDMDiffusion
+    from difflab.processes import EDMDiffusion, VDMDiffusion
 
     d = {"ddpm": lambda: dl.GaussianDiffusion("linear", 1000), "vdm": lambda: VDMDiffusion("linear"),
          "edm": EDMDiffusion}[process]()

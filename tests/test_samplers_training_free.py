@@ -205,7 +205,7 @@ PROCESSES = {
     "ddpm": lambda: dl.GaussianDiffusion("linear", 1000),
     "ve": lambda: __import__("difflab.processes", fromlist=["VEDiffusion"]).VEDiffusion(),
     "edm": lambda: __import__("difflab.processes", fromlist=["EDMDiffusion"]).EDMDiffusion(),
-    "vdm": lambda: __import__("difflab.vdm", fromlist=["VDMDiffusion"]).VDMDiffusion("linear"),
+    "vdm": lambda: __import__("difflab.processes", fromlist=["VDMDiffusion"]).VDMDiffusion("linear"),
 }
 NEW = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s", "dpm-adaptive")
 

@@ -1,4 +1,4 @@
-"""Continuous-time VDM (difflab.vdm, difflab.learned_schedule) against independent computations.
+"""Continuous-time VDM (difflab.processes.vdm) against independent computations.
 
 The oracle throughout is Gaussian data ``x ~ N(mu, s^2 I)`` with its exact noise predictor
 ``eps_hat(z) = E[eps | z] = sigma (z - alpha mu) / (alpha^2 s^2 + sigma^2)``. With ``u = e^gamma``,
@@ -21,17 +21,11 @@ import pytest
 import torch
 from torch import nn
 
-from difflab.learned_schedule import (
-    CosineSchedule,
-    LearnedSchedule,
-    LinearSchedule,
-    VDMModel,
-    find_vdm_model,
-    make_schedule,
-)
 from difflab.oracles import GaussianOracle
+from difflab.processes.vdm import VDMDiffusion, VDMModel, find_vdm_model
+from difflab.processes.vdm.diffusion import categorical_decoder_nll
+from difflab.processes.vdm.schedule import CosineSchedule, LearnedSchedule, LinearSchedule, make_schedule
 from difflab.samplers import time_of_log_snr
-from difflab.vdm import VDMDiffusion, categorical_decoder_nll
 
 LN2 = math.log(2.0)
 MU, S = 0.3, 0.5
@@ -437,7 +431,7 @@ def test_cli_trains_samples_and_bounds_a_vdm_run(tmp_path, capsys):
     import json
 
     from difflab.cli import main
-    from difflab.jobs import load_run
+    from difflab.runs import load_run
     from difflab.train import load_checkpoint
 
     run = tmp_path / "vdm"

@@ -1,27 +1,41 @@
 """difflab: denoising diffusion models, correct to the equation."""
 
-from . import gaussian, likelihood, objectives, oracles, samplers, schedules
+from . import gaussian, oracles, processes, samplers, schedules
 from .denoiser import Denoiser
-from .diffusion import GaussianDiffusion
 from .interop import from_diffusers
-from .likelihood import VLBTerms
+from .processes import (
+    EDMDiffusion,
+    FlowMatching,
+    GaussianDiffusion,
+    Process,
+    VDMDiffusion,
+    VDMModel,
+    VEDiffusion,
+    VLBTerms,
+)
+from .processes.ddpm import bound as likelihood
+from .processes.ddpm import objectives
 from .schedules import DiscreteSchedule
-from .vdm import VDMDiffusion, VDMModel
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Denoiser",
     "DiscreteSchedule",
+    "EDMDiffusion",
+    "FlowMatching",
     "GaussianDiffusion",
+    "Process",
     "VDMDiffusion",
     "VDMModel",
+    "VEDiffusion",
     "VLBTerms",
     "from_diffusers",
     "gaussian",
     "likelihood",
     "objectives",
     "oracles",
+    "processes",
     "samplers",
     "schedules",
 ]

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from . import config as config_mod
-from . import demo, jobs, likelihood_jobs
+from . import demo, runs
 from .interop import linked_run
 from .samplers import SAMPLERS, budget
 from .samplers.levels import SPACINGS
@@ -233,14 +233,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "train":
             cfg = config_mod.load(args.config, args.overrides)
             run = Path(args.run or f"runs/{cfg.name}")
-            summary = jobs.train(cfg, run, resume=args.resume, progress=progress, overwrite=args.overwrite)
+            summary = runs.train(cfg, run, resume=args.resume, progress=progress, overwrite=args.overwrite)
             if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
                 _print(summary)
                 print(f"run folder: {run}")
         elif args.command == "sample":
             budget.apply_nfe(args)  # --nfe N: the sampler, steps and spacing for N evaluations
             _print(
-                jobs.sample(
+                runs.sample(
                     args.run,
                     args.sampler,
                     args.steps,
@@ -255,20 +255,16 @@ def main(argv: list[str] | None = None) -> int:
             )
         elif args.command == "eval":
             if args.what == "bpd":
-                result = jobs.bound(args.run, args.split, args.n, progress=progress)
-                if args.ode:
-                    result = likelihood_jobs.ode_bound(
-                        args.run, args.split, args.n, rtol=args.rtol, atol=args.atol, progress=progress
-                    )
-                _print(result)
+                a = args
+                _print(runs.likelihood(a.run, a.split, a.n, a.ode, a.rtol, a.atol, progress))
             elif args.what == "fd":
-                _print(jobs.frechet(args.run, args.n))
+                _print(runs.frechet(args.run, args.n))
             elif args.what == "sw":
-                _print(jobs.sliced(args.run))
+                _print(runs.sliced(args.run))
             else:
-                _print(jobs.evaluate(args.run, progress=progress))
+                _print(runs.evaluate(args.run, progress=progress))
         elif args.command == "viz":
-            _print(likelihood_jobs.vlb_figure(args.runs, args.out, args.split, args.n, progress=progress))
+            _print(runs.vlb_figure(args.runs, args.out, args.split, args.n, progress=progress))
         elif args.command == "demo":
             return demo.run(
                 args.config, args.overrides, args.run, progress=progress, overwrite=args.overwrite

@@ -20,6 +20,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 PRESETS_DIR = Path(__file__).parent / "configs"
+#: ``diffusion.prediction`` when a config leaves it empty: the target each process trains by default
+DEFAULT_PREDICTION = {"flow": "flow"}
 
 
 @dataclass
@@ -53,18 +55,18 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    process: str = "vp"  # "vp" (DDPM), "ve" (NCSN / score-SDE VE), "edm" (Karras et al. 2022) or "vdm"
+    process: str = "vp"  # "vp" (DDPM), "ve" (NCSN, score-SDE VE), "edm" (Karras et al.), "vdm" or "flow"
     schedule: str = "linear"  # vp
     timesteps: int = 1000  # vp: T steps; ve/edm: T geometric noise levels
-    prediction: str = "eps"  # vp: eps, x0 or v; ve: eps; edm: set by its preconditioning (ignored)
+    prediction: str = ""  # "": the process's own (flow: "flow", else "eps"); vp: eps, x0, v or flow; ve: eps
     variance: str = "fixed_small"  # ancestral sampling's variance; "learned" needs model.learn_sigma = true
     objective: str = "simple"  # vp: "simple" (L_simple), "hybrid" (+ 0.001 L_vlb, learned variance) or "vlb"
-    weighting: str = "none"  # vp: weighting of L_simple: "none", "min_snr" or "p2" (difflab.objectives)
+    weighting: str = "none"  # vp: weighting of L_simple: "none", "min_snr" or "p2" (see docs)
     min_snr_gamma: float = 5.0  # min-SNR-gamma's gamma
     p2_gamma: float = 1.0  # P2: 1 / (p2_k + SNR)^p2_gamma on the eps error
     p2_k: float = 1.0
-    sigma_min: float = 0.0  # ve/edm; 0: the process's default (ve 0.01, edm 0.002)
-    sigma_max: float = 0.0  # ve/edm; 0: default (ve 50, edm 80); about the largest data distance
+    sigma_min: float = 0.0  # ve/edm/flow; 0: the process's default (ve 0.01, edm 0.002, flow t_min 0.001)
+    sigma_max: float = 0.0  # ve/edm/flow; 0: default (ve 50, edm 80, flow t_max 0.999)
     sigma_data: float = 0.5  # edm: the data's standard deviation
     p_mean: float = -1.2  # edm: training ln(sigma) ~ N(p_mean, p_std^2)
     p_std: float = 1.2
@@ -72,6 +74,9 @@ class DiffusionConfig:
     gamma_min: float = -13.3  # vdm: -log SNR at t = 0 (data end); the initial value when learned
     gamma_max: float = 5.0  # vdm: -log SNR at t = 1 (prior end)
     learn_endpoints: bool = True  # vdm: train gamma_min / gamma_max with the bound
+    t_law: str = "uniform"  # flow: training t "uniform" or "logit_normal" (SD3)
+    logit_mean: float = 0.0  # flow: t = sigmoid(logit_mean + logit_std n)
+    logit_std: float = 1.0
 
 
 @dataclass
@@ -166,6 +171,8 @@ def from_dict(raw: dict[str, Any]) -> Config:
                     f"unknown key {k!r} in [{key}]; valid keys: {', '.join(sorted(allowed))}"
                 )
             setattr(section, k, _coerce(v, getattr(section, k), f"{key}.{k}"))
+    if not cfg.diffusion.prediction:
+        cfg.diffusion.prediction = DEFAULT_PREDICTION.get(cfg.diffusion.process, "eps")
     return cfg
 
 

@@ -13,7 +13,9 @@ import time
 from pathlib import Path
 
 from . import config as config_mod
-from . import jobs
+from . import runs
+from .processes.protocol import has_bound
+from .runs.build import build_diffusion
 
 GATE = 0.9  # samples' confident share / real images' confident share needed to pass
 FAILED = 3  # exit status of a demo whose samples miss the gate
@@ -29,25 +31,25 @@ def run(config: str, overrides: list[str], run_dir: str | Path, progress: bool =
     run = Path(run_dir)
     limit = f" (stopping early after {cfg.train.max_minutes:g} min)" if cfg.train.max_minutes > 0 else ""
     print(f"[1/4] training on {cfg.data.name} for {cfg.train.steps} steps{limit} -> {run}", flush=True)
-    summary = jobs.train(cfg, run, progress=progress, overwrite=overwrite)
+    summary = runs.train(cfg, run, progress=progress, overwrite=overwrite)
     print(f"      {summary['steps']} steps in {summary['seconds']} s ({summary['it_per_s']} it/s)")
     t = time.perf_counter()
     print(f"[2/4] sampling {cfg.sample.n} with {cfg.sample.sampler}", flush=True)
-    s = jobs.sample(run, progress=progress)
+    s = runs.sample(run, progress=progress)
     print(f"      {s['nfe']} network evaluations in {s['seconds']} s")
     files = ["samples.png", "samples.npy", "metrics.json", "train.json", "config.toml", "log.csv",
              "model.safetensors", "checkpoint.pt"]
     status = 0
     if cfg.model.kind == "mlp":
         print("[3/4] sliced Wasserstein-2 against fresh data", flush=True)
-        m = jobs.sliced(run)
+        m = runs.sliced(run)
         print(
             f"      samples to fresh data {m['sliced_w2']:.4f}, between two fresh data sets "
             f"{m['sliced_w2_floor']:.4f} -> ratio {m['sliced_w2_ratio']:.2f}"
         )
-        if cfg.diffusion.process in jobs.BOUND_PROCESSES:
+        if has_bound(build_diffusion(cfg)):
             print("[4/4] the variational bound on held-out points", flush=True)
-            m = jobs.bound(run, progress=progress)
+            m = runs.bound(run, progress=progress)
             print(
                 f"      {m['bound_nats_per_dim']:.3f} +- {m['bound_nats_per_dim_stderr']:.3f} nats/dim "
                 f"on {m['bound_points']} points"
@@ -55,9 +57,9 @@ def run(config: str, overrides: list[str], run_dir: str | Path, progress: bool =
     else:
         t = time.perf_counter()
         print("[3/4] forward and reverse strips, test bits/dim", flush=True)
-        files[1:1] = jobs.strips(run)
-        if cfg.diffusion.process in jobs.BOUND_PROCESSES:
-            m = jobs.bound(run, progress=progress)
+        files[1:1] = runs.strips(run)
+        if has_bound(build_diffusion(cfg)):
+            m = runs.bound(run, progress=progress)
             print(
                 f"      test bound {m['bound_bits_per_dim']:.3f} +- {m['bound_bits_per_dim_stderr']:.3f} "
                 f"bits/dim on {m['bound_points']} images ({time.perf_counter() - t:.0f} s)"
@@ -65,7 +67,7 @@ def run(config: str, overrides: list[str], run_dir: str | Path, progress: bool =
         t = time.perf_counter()
         print("[4/4] Fréchet distance and confidence of a digit classifier (trained once, cached)",
               flush=True)
-        m = jobs.frechet(run)
+        m = runs.frechet(run)
         print(
             f"      FD {m['fd']:.3f} (train vs test images: {m['fd_train_vs_test']:.3f}); classifier test "
             f"accuracy {m['classifier_test_accuracy']:.3f} ({time.perf_counter() - t:.0f} s)"

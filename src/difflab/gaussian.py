@@ -12,7 +12,9 @@ import math
 
 import torch
 
-PREDICTIONS = ("eps", "x0", "v")
+from .checks import check_int
+
+PREDICTIONS = ("eps", "x0", "v", "flow")
 
 
 def q_sample(x0: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, eps: torch.Tensor):
@@ -74,10 +76,14 @@ def check_prediction(prediction: str) -> str:
 def to_x0_eps(
     output: torch.Tensor, prediction: str, x_t: torch.Tensor, alpha, sigma
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Turn a network output of kind ``eps``, ``x0`` or ``v`` into ``(x0_hat, eps_hat)``.
+    """Turn a network output of kind ``eps``, ``x0``, ``v`` or ``flow`` into ``(x0_hat, eps_hat)``.
 
     ``x_t = alpha x0 + sigma eps`` and ``v = alpha eps - sigma x0`` with ``alpha^2 + sigma^2 = 1``
-    give ``x0 = alpha x_t - sigma v`` and ``eps = sigma x_t + alpha v``.
+    give ``x0 = alpha x_t - sigma v`` and ``eps = sigma x_t + alpha v`` (Salimans & Ho 2022, sec. 4).
+    ``flow`` is the velocity ``u = eps - x0`` of the straight path ``x_t = (1-t) x0 + t eps``
+    (Lipman et al. 2023; Liu et al. 2023): on any path, ``x_t - sigma u = (alpha + sigma) x0`` and
+    ``x_t + alpha u = (alpha + sigma) eps``, so ``x0 = (x_t - sigma u)/(alpha + sigma)`` and
+    ``eps = (x_t + alpha u)/(alpha + sigma)``.
     """
     if prediction == "eps":
         return (x_t - sigma * output) / alpha, output
@@ -85,18 +91,24 @@ def to_x0_eps(
         return output, (x_t - alpha * output) / sigma
     if prediction == "v":
         return alpha * x_t - sigma * output, sigma * x_t + alpha * output
+    if prediction == "flow":
+        total = alpha + sigma
+        return (x_t - sigma * output) / total, (x_t + alpha * output) / total
     check_prediction(prediction)
     raise AssertionError("unreachable")
 
 
 def target_of(prediction: str, x0: torch.Tensor, eps: torch.Tensor, alpha, sigma) -> torch.Tensor:
-    """The regression target of a parameterization: ``eps``, ``x0`` or ``v = alpha eps - sigma x0``."""
+    """The regression target of a parameterization: ``eps``, ``x0``, ``v = alpha eps - sigma x0`` or
+    the flow velocity ``u = eps - x0``."""
     if prediction == "eps":
         return eps
     if prediction == "x0":
         return x0
     if prediction == "v":
         return alpha * eps - sigma * x0
+    if prediction == "flow":
+        return eps - x0
     check_prediction(prediction)
     raise AssertionError("unreachable")
 
@@ -168,8 +180,7 @@ def check_grid(x0: torch.Tensor, bins: int | None) -> None:
                          "scores finite data only")
     if bins is None:
         return
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    check_int("bins", bins, 2)
     x = x.to(torch.float64)
     outside = (x < -1.0 - 1e-6) | (x > 1.0 + 1e-6)
     if bool(outside.any()):

@@ -56,11 +56,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from .checks import check_count, check_positive, shape_of
 from .gaussian import check_grid, log_to_bits_per_dim
-from .process_base import shape_of
 from .samplers.levels import time_of_log_snr
 from .samplers.ode import ADAPTIVE
-from .samplers.ve import check_count, check_positive
 
 if TYPE_CHECKING:
     from .denoiser import Model
@@ -72,19 +71,25 @@ EXACT_MAX_DIMS = 64  # above this, exact divergence (one backward pass per dimen
 
 @dataclass(frozen=True)
 class ODEView:
-    """A diffusion seen by the probability-flow ODE (1): its two log-SNR ends and ``eps_hat(x, lam)``.
-
-    See the module docstring for the contract of ``eps``.
+    """A diffusion seen by the probability-flow ODE (1): its two log-SNR ends and ``eps_hat(x, lam)``
+    of the variance-preserving state ``x``; ``start_scale`` is ``sqrt(alpha^2 + sigma^2)`` at the data
+    end, where the process's own state is ``start_scale`` times the variance-preserving one (1 for a
+    variance-preserving process). See the module docstring for the contract of ``eps``.
     """
 
     lambda_start: float
     lambda_end: float
     eps: Callable[[torch.Tensor, float], torch.Tensor]
+    start_scale: float = 1.0
 
     def __post_init__(self):
         start, end = float(self.lambda_start), float(self.lambda_end)
         object.__setattr__(self, "lambda_start", start)  # plain floats, also from 0-dim tensors
         object.__setattr__(self, "lambda_end", end)
+        scale = float(self.start_scale)
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"ODEView.start_scale must be a finite number > 0, got {self.start_scale!r}")
+        object.__setattr__(self, "start_scale", scale)
         if not callable(self.eps):
             raise TypeError(f"ODEView.eps must be a callable eps(x, lam), got {type(self.eps).__name__}")
         if not (math.isfinite(start) and math.isfinite(end) and start > end):
@@ -133,7 +138,7 @@ def _check_batch(x, name: str) -> None:
 
 
 def denoiser_view(diffusion, model: Model) -> ODEView:
-    """The :class:`ODEView` of a diffusion on a variance-preserving schedule of ``T`` model times.
+    """The :class:`ODEView` of a diffusion on a schedule of ``T`` model times, on any Gaussian path.
 
     Reads the :class:`~difflab.Denoiser` of ``diffusion.denoiser(model)`` and its schedule (``timesteps``,
     ``log_snr``, ``alpha_sigma``): ``lambda_start = lambda(0)``, ``lambda_end = lambda(T-1)``, and
@@ -141,25 +146,27 @@ def denoiser_view(diffusion, model: Model) -> ODEView:
     (:func:`~difflab.samplers.time_of_log_snr`: exact for ``GaussianDiffusion``'s linearly interpolated
     log-SNR, and for a schedule that inverts its own) and converts an ``eps``, ``x0`` or ``v`` prediction
     to ``eps_hat``. ``GaussianDiffusion.ode_view`` is this function; another process with the same
-    ``denoiser`` contract (VDM's continuous schedule, say) may return it too. A variance-exploding
-    schedule (``alpha = 1``) is refused.
+    ``denoiser`` contract (VDM's continuous schedule, say) may return it too. On a path that does not
+    preserve variance (VE, EDM, flow matching) the state ``x_p = c x`` with ``c = sqrt(alpha^2 +
+    sigma^2)`` has the same log-SNR and ``eps`` as the variance-preserving ``x``: the network is called
+    on ``c x``, and the density picks up the Jacobian ``c^-D`` at the data end (``start_scale``).
     """
     den = diffusion.denoiser(model)
     schedule = den.schedule
     ends = torch.tensor([0.0, schedule.timesteps - 1.0], dtype=torch.float64)
     alpha, sigma = schedule.alpha_sigma(ends)
-    if not torch.allclose(alpha**2 + sigma**2, torch.ones_like(alpha), rtol=0.0, atol=1e-9):
-        raise NotImplementedError(
-            f"the probability-flow likelihood here is written for variance-preserving processes "
-            f"(alpha^2 + sigma^2 = 1); {type(diffusion).__name__} has alpha^2 + sigma^2 = "
-            f"{(alpha**2 + sigma**2).tolist()} at its ends"
-        )
+    scale_ends = (alpha**2 + sigma**2).sqrt()
+    preserving = torch.allclose(scale_ends, torch.ones_like(scale_ends), rtol=0.0, atol=1e-9)
     lam_start, lam_end = (float(v) for v in schedule.log_snr(ends))
 
     def eps(x: torch.Tensor, lam: float) -> torch.Tensor:
-        return den(x, time_of_log_snr(schedule, lam))[1]
+        t = time_of_log_snr(schedule, lam)
+        if preserving:
+            return den(x, t)[1]
+        a, s = schedule.alpha_sigma(t)
+        return den(x * float((a**2 + s**2).sqrt()), t)[1]  # the process's state at the same log-SNR
 
-    return ODEView(lam_start, lam_end, eps)
+    return ODEView(lam_start, lam_end, eps, 1.0 if preserving else float(scale_ends[0]))
 
 
 def _view_of(diffusion, model) -> ODEView:
@@ -234,6 +241,7 @@ def _integrate(
             "the ODE likelihood needs torchdiffeq: pip install 'difflab[ode]' (or pip install torchdiffeq)"
         ) from exc
     B, D = x.shape[0], int(x[0].numel())
+    x = x / view.start_scale  # the variance-preserving state of the same log-SNR
     if divergence == "exact" and D > EXACT_MAX_DIMS:
         warnings.warn(
             f"exact divergence takes one backward pass per dimension ({D} per evaluation); "
@@ -268,7 +276,7 @@ def _integrate(
     x_end, acc = ys[-1], accs[-1]
     linear = 0.5 * D * (log_alpha2(lo) - log_alpha2(hi))  # int 0.5 sigma^2 D dlambda, eq. (3)
     prior_nll = 0.5 * x_end.flatten(1).pow(2).sum(1) + 0.5 * D * math.log(2 * math.pi)
-    nll = prior_nll - linear - acc.mean(0)  # eq. (2)
+    nll = prior_nll - linear - acc.mean(0) + D * math.log(view.start_scale)  # eq. (2), and x's scale
     std_err = None
     if z is not None:
         std_err = acc.std(0) / math.sqrt(probes) if probes > 1 else torch.full_like(nll, math.nan)

@@ -91,6 +91,32 @@ def _check_timesteps(timesteps: int) -> None:
         raise ValueError(f"timesteps must be a positive integer, got {timesteps!r}")
 
 
+def check_model_time(
+    t, top: int, what: str = "model time", rule: str = "it must lie in", note: str = ""
+) -> torch.Tensor:
+    """``t`` as float64 (detached) when every entry lies in ``[0, top]``; otherwise a one-line
+    ``ValueError`` naming the first bad entry (``"{what} {bad} is out of range: {rule} [0, top]{note}"``)."""
+    t64 = torch.as_tensor(t).detach().to(torch.float64)
+    if t64.numel() and (bool(torch.isnan(t64).any()) or float(t64.min()) < 0 or float(t64.max()) > top):
+        bad = t64[(t64 < 0) | (t64 > top) | torch.isnan(t64)].flatten()[0].item()
+        raise ValueError(f"{what} {bad} is out of range: {rule} [0, {top}]{note}")
+    return t64
+
+
+def check_log_snr(lam, lo: float, hi: float, ends: str = "") -> torch.Tensor:
+    """``lam`` as float64 clamped to ``[lo, hi]`` when it lies within 1e-9 of the range's width of it;
+    otherwise a one-line ``ValueError`` naming the first bad value and the range (``ends`` is appended,
+    e.g. which model times the ends are)."""
+    lam = torch.as_tensor(lam, dtype=torch.float64)
+    slack = 1e-9 * (hi - lo)
+    if lam.numel() and (
+        bool(torch.isnan(lam).any()) or float(lam.min()) < lo - slack or float(lam.max()) > hi + slack
+    ):
+        bad = lam[(lam < lo - slack) | (lam > hi + slack) | torch.isnan(lam)].flatten()[0].item()
+        raise ValueError(f"log-SNR {bad:g} is outside the schedule's range [{lo:g}, {hi:g}]{ends}")
+    return lam.clamp(lo, hi)
+
+
 class DiscreteSchedule:
     """The quantities of the notes for one beta schedule, all float64 tensors of length ``T``.
 
@@ -119,19 +145,9 @@ class DiscreteSchedule:
 
     def check_t(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` as float64, with a clear error if any entry lies outside ``[0, T-1]``."""
-        t = torch.as_tensor(t)
-        t64 = t.detach().to(torch.float64)
-        if t64.numel() and (
-            bool(torch.isnan(t64).any())
-            or float(t64.min()) < 0
-            or float(t64.max()) > self.timesteps - 1
-        ):
-            bad = t64[(t64 < 0) | (t64 > self.timesteps - 1) | torch.isnan(t64)][0].item()
-            raise ValueError(
-                f"timestep {bad} is out of range: t must lie in [0, {self.timesteps - 1}] "
-                f"(index 0 is the notes' t = 1)"
-            )
-        return t64
+        return check_model_time(
+            t, self.timesteps - 1, "timestep", "t must lie in", " (index 0 is the notes' t = 1)"
+        )
 
     def log_snr(self, t: torch.Tensor | float) -> torch.Tensor:
         """``lambda(t)``; fractional ``t`` interpolates ``lambda`` linearly between steps."""

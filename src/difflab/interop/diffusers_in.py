@@ -25,7 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..diffusion import GaussianDiffusion
+from ..processes.ddpm import GaussianDiffusion
 from .schedule_map import SchedulerMapping, map_scheduler
 
 EXTRA_HINT = "pip install 'difflab[diffusers]'"

@@ -207,7 +207,7 @@ def export_run(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
     ``DDPMPipeline`` folder that ``diffusers``' ``from_pretrained`` loads (see the module docstring)."""
     from safetensors.torch import save_file
 
-    from ..jobs import load_run
+    from ..runs import load_run
 
     out = Path(out)
     if out.exists() and any(out.iterdir()):

@@ -4,7 +4,7 @@ A diffusers folder is never written to. Its results go to an output folder, ``--
 default ``runs/from-diffusers/<folder name>`` under the current directory, which looks like a run
 folder to every job (``config.toml``: the mapped process, the model's classes and the data named
 with ``--data``) and holds ``diffusers.json``, the link to the model folder and the scheduler mapping.
-:func:`difflab.jobs.load_run` sees that link and loads the model from the diffusers folder through
+:func:`difflab.runs.load_run` sees that link and loads the model from the diffusers folder through
 :func:`load_linked_run`; samples, ``metrics.json``, strips and reports then live in OUT as for a run.
 """
 
@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from .. import config as config_mod
-from ..build import IMAGE_DATA, Splits, build_splits
 from ..config import Config
+from ..runs.build import IMAGE_DATA, Splits, build_splits
 from .diffusers_in import from_diffusers, is_diffusers_folder, locate
 from .schedule_map import map_scheduler
 
@@ -115,7 +115,7 @@ def link(source: str | Path, out_dir: str | Path, data: str | None = None) -> Pa
 
 
 def load_linked_run(run_dir: str | Path) -> tuple[Config, Any, torch.nn.Module, Splits]:
-    """``(config, process, model, splits)`` of an output folder, as :func:`difflab.jobs.load_run`
+    """``(config, process, model, splits)`` of an output folder, as :func:`difflab.runs.load_run`
     returns for a run. Without ``--data`` the splits are empty (shape only: sampling works, the bound
     asks for data)."""
     run_dir = Path(run_dir)

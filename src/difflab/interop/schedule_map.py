@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..diffusion import GaussianDiffusion
+from ..processes.ddpm import GaussianDiffusion
 
 #: schedulers whose config describes DDPM's discrete chain (the sampler itself is difflab's choice)
 DISCRETE_SCHEDULERS = (

@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..checks import check_int
+
 __all__ = ["sliced_wasserstein"]
 
 
@@ -74,10 +76,8 @@ def sliced_wasserstein(
     y = _as_points(y, "y").to(x.device)
     if x.shape[1] != y.shape[1]:
         raise ValueError(f"x and y must have the same dimension, got {x.shape[1]} and {y.shape[1]}")
-    if isinstance(n_projections, bool) or not isinstance(n_projections, int) or n_projections < 1:
-        raise ValueError(f"n_projections must be an integer >= 1, got {n_projections!r}")
-    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-        raise ValueError(f"chunk must be an integer >= 1, got {chunk!r}")
+    check_int("n_projections", n_projections, 1)
+    check_int("chunk", chunk, 1)
     d = x.shape[1]
     u = torch.randn(n_projections, d, generator=generator, dtype=torch.float64)
     u = u / u.norm(dim=1, keepdim=True).clamp_min(1e-300)

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from ..checks import check_int
+
 __all__ = ["TimestepEmbedding", "sinusoidal_embedding"]
 
 
@@ -28,8 +30,7 @@ def sinusoidal_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0)
     Returns:
         ``[B, dim]`` tensor in ``t``'s floating dtype (float32 for integer ``t``).
     """
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"dim must be an integer >= 1, got {dim!r}")
+    check_int("dim", dim, 1)
     if max_period <= 0:
         raise ValueError(f"max_period must be positive, got {max_period!r}")
     t = torch.as_tensor(t)

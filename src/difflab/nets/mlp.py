@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..checks import check_int
 from .embeddings import TimestepEmbedding
 
 __all__ = ["MLPDenoiser", "ResidualBlock"]
@@ -66,8 +67,7 @@ class MLPDenoiser(nn.Module):
             ("emb_dim", emb_dim, 1),
             ("timesteps", timesteps, 1),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{label} must be an integer >= {low}, got {value!r}")
+            check_int(label, value, low)
         self.dim = dim
         self.timesteps = timesteps
         self.learn_sigma = bool(learn_sigma)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..schedules import DiscreteSchedule
+from ..schedules import DiscreteSchedule, check_log_snr
 
 SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump", "logsnr-jump")
 EDM_RHO = 7.0
@@ -122,23 +122,15 @@ def time_of_log_snr(schedule: DiscreteSchedule, lam) -> torch.Tensor:
 
     ``lam`` must lie in ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped); outside it
     there is no model time to evaluate the network at, and a ``ValueError`` names the range. A schedule
-    with a method of this name (continuous time: :class:`~difflab.learned_schedule.ContinuousScheduleView`)
+    with a method of this name (continuous time:
+    :class:`~difflab.processes.vdm.schedule.ContinuousScheduleView`, flow matching's ``FlowSchedule``)
     inverts its own ``lambda`` exactly.
     """
     exact = getattr(schedule, "time_of_log_snr", None)
     if callable(exact):
         return exact(lam)
-    lam = torch.as_tensor(lam, dtype=torch.float64)
-    lo, hi = float(schedule.lambdas[-1]), float(schedule.lambdas[0])
-    slack = 1e-9 * (hi - lo)
-    if lam.numel() and (
-        bool(torch.isnan(lam).any()) or float(lam.min()) < lo - slack or float(lam.max()) > hi + slack
-    ):
-        bad = lam[(lam < lo - slack) | (lam > hi + slack) | torch.isnan(lam)].flatten()[0].item()
-        raise ValueError(
-            f"log-SNR {bad:g} is outside the schedule's range [{lo:g}, {hi:g}] (t = T-1 .. 0)"
-        )
-    return _invert_decreasing(schedule.lambdas, lam.clamp(lo, hi).flatten()).reshape(lam.shape)
+    lam = check_log_snr(lam, float(schedule.lambdas[-1]), float(schedule.lambdas[0]), " (t = T-1 .. 0)")
+    return _invert_decreasing(schedule.lambdas, lam.flatten()).reshape(lam.shape)
 
 
 def time_of_sigma_ve(schedule: DiscreteSchedule, sigma_ve) -> torch.Tensor:

@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from ..checks import check_choice, check_count, check_nonnegative, check_order, check_positive
 from ..denoiser import Denoiser
 from .levels import Levels, time_of_sigma_ve
 
@@ -69,34 +70,4 @@ class VEDenoiser:
         return float(self.sigmas[-2]) if schedule is None else math.exp(-0.5 * float(schedule.lambdas[0]))
 
 
-def check_nonnegative(**options: float) -> None:
-    """A clear ``ValueError`` for any option that must be a number ``>= 0``."""
-    for name, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
-            raise ValueError(f"{name} must be a number >= 0, got {value!r}")
-
-
-def check_positive(**options: float) -> None:
-    """A clear ``ValueError`` for any option that must be a number ``> 0``."""
-    for name, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ValueError(f"{name} must be a number > 0, got {value!r}")
-
-
-def check_count(**options: int) -> None:
-    """A clear ``ValueError`` for any option that must be an integer ``>= 1``."""
-    for name, value in options.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-
-
-def check_choice(name: str, value, allowed: tuple) -> None:
-    """A one-line ``ValueError`` naming ``value`` and what ``name`` allows."""
-    if value not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(map(str, allowed))}")
-
-
-def check_order(order, allowed: tuple[int, ...]) -> None:
-    """A one-line ``ValueError`` unless ``order`` is one of the integers ``allowed``."""
-    if isinstance(order, bool) or order not in allowed:
-        raise ValueError(f"order must be one of {', '.join(map(str, allowed))}, got {order!r}")
+__all__ = ["VEDenoiser", "check_choice", "check_count", "check_nonnegative", "check_order", "check_positive"]

@@ -3,7 +3,7 @@
     repeat: x_0 ~ data, t ~ U{0..T-1}, eps ~ N(0, I);
             gradient step on || target - model(sqrt(alpha_bar_t) x_0 + sqrt(1 - alpha_bar_t) eps, t) ||^2
 
-(the loss is the diffusion's objective, :mod:`difflab.objectives`; with ``train.t_sampler =
+(the loss is the diffusion's objective, :mod:`difflab.processes.ddpm.objectives`; with ``train.t_sampler =
 "importance"`` ``t`` is drawn with probability ``p_t ~ sqrt(E[L_t^2])`` and each example's loss is
 weighted by ``1/(T p_t)``, improved DDPM eq. 17.)
 
@@ -39,15 +39,16 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..checks import check_int
 from ..config import TrainConfig
-from ..diffusion import GaussianDiffusion
-from ..objectives import T_SAMPLERS, make_t_sampler
+from ..processes.protocol import Process
 from . import checkpoint as ckpt
 from . import rng
 from .distributed import setup, wrap
 from .ema import EMA
 from .logs import RunLog
 from .resume_rules import RESULT_NEUTRAL, config_changes, describe_changes
+from .t_samplers import T_SAMPLERS, make_t_sampler
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -80,8 +81,7 @@ def check_config(cfg: TrainConfig, world_size: int = 1) -> None:
     for name, low in (("steps", 1), ("batch_size", 1), ("grad_accum", 1), ("log_every", 1), ("warmup", 0),
                       ("ckpt_every", 0), ("keep_checkpoints", 0), ("sample_every", 0)):
         value = getattr(cfg, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"train.{name} must be an integer >= {low}, got {value!r}")
+        check_int(f"train.{name}", value, low)
     for name in ("lr", "weight_decay", "grad_clip", "max_minutes", "ema_decay"):
         value = getattr(cfg, name)
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
@@ -140,7 +140,7 @@ class Trainer:
             under ``torch.no_grad`` and with the RNG states restored afterwards.
         t_sampler: draws the training ``t`` and its loss weights (``sample(batch, generator) ->
             (t, weights)``, ``update(t, losses)``, ``state_dict()``); default: the one
-            ``cfg.t_sampler`` names (:func:`difflab.objectives.make_t_sampler`). Its state is
+            ``cfg.t_sampler`` names (:func:`difflab.train.t_samplers.make_t_sampler`). Its state is
             checkpointed.
         on_step: ``on_step(step)`` called on every rank after each optimizer step (the CPU thread
             governor of :mod:`difflab.threads` watches step times through it).
@@ -148,7 +148,7 @@ class Trainer:
 
     def __init__(
         self,
-        diffusion: GaussianDiffusion,
+        diffusion: Process,
         model: nn.Module,
         data: torch.Tensor,
         cfg: TrainConfig,

@@ -70,7 +70,7 @@ class BoundCurve:
 
 
 def curve_from_terms(label: str, log_snr: torch.Tensor, terms) -> BoundCurve:
-    """A discrete model's :class:`~difflab.likelihood.VLBTerms` as a :class:`BoundCurve`:
+    """A discrete model's :class:`~difflab.processes.ddpm.bound.VLBTerms` as a :class:`BoundCurve`:
     ``log_snr`` ``[T]`` holds ``lambda`` at the model indices ``0 .. T-1``."""
     lam = torch.as_tensor(log_snr, dtype=torch.float64).flatten()
     per_t = terms.terms.double().mean(0)

@@ -32,9 +32,11 @@ embeddings expect.
   ``sd = sigma_data = 0.5``; training ``ln sigma ~ N(P_mean, P_std^2) = N(-1.2, 1.2^2)`` (clamped to
   ``[sigma_min, sigma_max] = [0.002, 80]``); the loss weight is ``(sigma^2 + sd^2)/(sigma sd)^2``.
 
-The variational bound and DDPM's posteriors belong to the variance-preserving chain: those methods
-raise ``NotImplementedError`` here. Classifier-free guidance (:mod:`difflab.guidance`) combines
-``F`` outputs, which is the same as combining the denoisers ``D`` (``D`` is affine in ``F``).
+These processes declare no variational bound (``bound_parts = ()``): DDPM's posteriors and its bound
+belong to the chain of :mod:`difflab.processes.ddpm`. Their probability-flow likelihood is the
+protocol's: ``ode_nll`` rescales a state to the variance-preserving one of equal log-SNR.
+Classifier-free guidance (:mod:`difflab.guidance`) combines ``F`` outputs, which is the same as
+combining the denoisers ``D`` (``D`` is affine in ``F``).
 """
 
 from __future__ import annotations
@@ -43,15 +45,12 @@ import math
 
 import torch
 
-from .denoiser import Denoiser, Model, bcast
-from .diffusion import GaussianDiffusion
-from .process_base import check_output
-from .samplers import FIXED_VARIANCES
-from .samplers.levels import Levels, time_of_sigma_ve
-from .samplers.ve import check_positive
-from .schedules import DiscreteSchedule
-
-PROCESSES = ("vp", "ve", "edm")
+from ..checks import check_int, check_number, check_positive
+from ..denoiser import Denoiser, Model, bcast
+from ..samplers import FIXED_VARIANCES
+from ..samplers.levels import Levels, time_of_sigma_ve
+from ..schedules import DiscreteSchedule
+from .base import ProcessBase, check_output
 
 
 class SigmaSchedule:
@@ -70,8 +69,7 @@ class SigmaSchedule:
                 f"noise levels need 0 < sigma_min < sigma_max, got sigma_min={sigma_min!r}, "
                 f"sigma_max={sigma_max!r}"
             )
-        if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 2:
-            raise ValueError(f"timesteps must be an integer >= 2, got {timesteps!r}")
+        check_int("timesteps", timesteps, 2)
         self.sigma_min, self.sigma_max, self.timesteps = float(sigma_min), float(sigma_max), timesteps
         log_sigma = torch.linspace(math.log(sigma_min), math.log(sigma_max), timesteps, dtype=torch.float64)
         self.lambdas = -2.0 * log_sigma
@@ -170,22 +168,9 @@ class EDMPrecond(Precond):
         return c_skip, c_out, c_in
 
 
-def _vp_only(name: str):
-    def method(self, *args, **kwargs):
-        raise NotImplementedError(
-            f"{name} is defined for the variance-preserving DDPM chain only (diffusion.process = 'vp'); "
-            f"{type(self).__name__} has no variational bound or discrete posterior. Measure a VE/EDM "
-            "model by its samples (sliced Wasserstein, Fréchet distance)"
-        )
-
-    method.__name__ = name
-    return method
-
-
-class SigmaDiffusion(GaussianDiffusion):
-    """A preconditioned variance-exploding process; it shares ``GaussianDiffusion``'s forward
-    process, sampling and public contract (``q_sample``, ``log_snr``, ``loss``, ``sample``,
-    ``denoiser``). ``prediction`` is ``"x0"``: the preconditioned network is a denoiser ``D``."""
+class SigmaDiffusion(ProcessBase):
+    """A preconditioned variance-exploding process (the protocol's ``preconditioning``), without a
+    variational bound. ``prediction`` is ``"x0"``: the preconditioned network is a denoiser ``D``."""
 
     def __init__(self, precond: Precond, variance: str = "fixed_small"):
         if variance not in FIXED_VARIANCES:
@@ -207,6 +192,10 @@ class SigmaDiffusion(GaussianDiffusion):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._repr_args()})"
 
+    def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Training times uniform on the ``T`` levels (``log sigma`` uniform), int64 ``[batch]``."""
+        return torch.randint(0, self.timesteps, (batch,), generator=generator, device="cpu")
+
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
         return Denoiser(self.preconditioning.wrap(model), self.schedule, "x0", clip)
 
@@ -225,23 +214,11 @@ class SigmaDiffusion(GaussianDiffusion):
         """``lambda(sigma) ||D(x_0 + sigma n; sigma) - x_0||^2`` averaged over dimensions, ``[B]``,
         computed as ``||F(c_in x; t) - (x_0 - c_skip x)/c_out||^2``. ``t`` (model time) is drawn by
         :meth:`sample_t` unless given, ``noise`` from ``N(0, I)``, both with ``generator``."""
-        if x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
-        if t is None:
-            t = self.sample_t(x0.shape[0], generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        t = self._t_for(x0, t).float().double()  # the very t (and sigma) the network sees
+        t, noise = self.training_draws(x0, t, noise, generator)
+        t = self.model_time(x0, t).float().double()  # the very t (and sigma) the network sees
         x = self.q_sample(x0, t, noise)
         pre = self.preconditioning
         return (pre.network(model, x, t) - pre.target(x0, x, t)).pow(2).flatten(1).mean(1)
-
-    q_posterior = _vp_only("q_posterior")
-    p_mean_variance = _vp_only("p_mean_variance")
-    reverse_log_variance = _vp_only("reverse_log_variance")
-    prior_kl = _vp_only("prior_kl")
-    vlb_terms = _vp_only("vlb_terms")
-    bits_per_dim = _vp_only("bits_per_dim")
 
 
 class VEDiffusion(SigmaDiffusion):
@@ -272,8 +249,7 @@ class EDMDiffusion(SigmaDiffusion):
         variance: str = "fixed_small",
     ):
         check_positive(p_std=p_std)
-        if not isinstance(p_mean, (int, float)) or not math.isfinite(p_mean):
-            raise ValueError(f"p_mean must be a finite number, got {p_mean!r}")
+        check_number("p_mean", p_mean)
         super().__init__(EDMPrecond(SigmaSchedule(sigma_min, sigma_max, timesteps), sigma_data), variance)
         self.p_mean, self.p_std = float(p_mean), float(p_std)
 
@@ -291,7 +267,6 @@ class EDMDiffusion(SigmaDiffusion):
 
 
 __all__ = [
-    "PROCESSES",
     "EDMDiffusion",
     "EDMPrecond",
     "Precond",

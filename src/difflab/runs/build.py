@@ -8,14 +8,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .config import Config
-from .data import TOY2D, make_toy2d
-from .diffusion import GaussianDiffusion
-from .learned_schedule import VDMModel, make_schedule
-from .nets import MLPDenoiser
-from .objectives import Objective
-from .processes import PROCESSES, EDMDiffusion, VEDiffusion
-from .vdm import VDMDiffusion
+from ..config import DEFAULT_PREDICTION, Config
+from ..data import TOY2D, make_toy2d
+from ..nets import MLPDenoiser
+from ..processes import (
+    PROCESSES,
+    EDMDiffusion,
+    FlowMatching,
+    GaussianDiffusion,
+    Objective,
+    Process,
+    VDMDiffusion,
+    VDMModel,
+    VEDiffusion,
+)
+from ..processes.vdm import make_schedule
 
 MODELS = ("mlp", "unet")
 IMAGE_DATA = ("digits", "mnist", "folder", "array")
@@ -41,23 +48,26 @@ class Splits:
         return self.train.dim() == 4
 
 
-def build_diffusion(cfg: Config, splits: Splits | None = None) -> GaussianDiffusion:
-    """The configured process: ``GaussianDiffusion`` (vp), ``VEDiffusion`` (ve) or ``EDMDiffusion``
-    (edm); a ``sigma_min``/``sigma_max`` of 0 takes the process's default. With ``splits`` the
+def build_diffusion(cfg: Config, splits: Splits | None = None) -> Process:
+    """The configured process: ``GaussianDiffusion`` (vp), ``VEDiffusion`` (ve), ``EDMDiffusion``
+    (edm), ``VDMDiffusion`` (vdm) or ``FlowMatching`` (flow, whose ``t_min``/``t_max`` are
+    ``sigma_min``/``sigma_max``: ``sigma_t = t`` on its path); a ``sigma_min``/``sigma_max`` of 0 takes
+    the process's default. With ``splits`` the
     ``L_vlb`` decoder of a ``hybrid``/``vlb`` objective follows the data as the bound does (images:
     discretized on their grid; vectors: a Gaussian density)."""
     d = cfg.diffusion
     _check_objective_keys(cfg)
+    prediction = d.prediction or DEFAULT_PREDICTION.get(d.process, "eps")
     if d.process == "vdm":
-        return _vdm_diffusion(cfg, splits)
+        return _vdm_diffusion(cfg, splits, prediction)
     if d.process == "vp":
-        return GaussianDiffusion(d.schedule, d.timesteps, d.prediction, d.variance, _objective(cfg, splits))
+        return GaussianDiffusion(d.schedule, d.timesteps, prediction, d.variance, _objective(cfg, splits))
     sigmas = {k: v for k, v in (("sigma_min", d.sigma_min), ("sigma_max", d.sigma_max)) if v != 0}
     if d.process == "ve":
-        if d.prediction != "eps":
+        if prediction != "eps":
             raise ValueError(
                 f"diffusion.process='ve' trains an eps-predicting network; got diffusion.prediction="
-                f"{d.prediction!r} (set it to 'eps')"
+                f"{prediction!r} (set it to 'eps')"
             )
         return VEDiffusion(timesteps=d.timesteps, variance=d.variance, **sigmas)
     if d.process == "edm":
@@ -65,18 +75,25 @@ def build_diffusion(cfg: Config, splits: Splits | None = None) -> GaussianDiffus
             timesteps=d.timesteps, sigma_data=d.sigma_data, p_mean=d.p_mean, p_std=d.p_std,
             variance=d.variance, **sigmas,
         )
-    raise ValueError(f"unknown diffusion.process {d.process!r}; choose one of {', '.join(PROCESSES)}, vdm")
+    if d.process == "flow":
+        ends = {{"sigma_min": "t_min", "sigma_max": "t_max"}[k]: v for k, v in sigmas.items()}
+        try:
+            return FlowMatching(prediction, timesteps=d.timesteps, t_law=d.t_law, logit_mean=d.logit_mean,
+                                logit_std=d.logit_std, variance=d.variance, **ends)
+        except ValueError as exc:
+            raise ValueError(f"[diffusion] {exc}") from None
+    raise ValueError(f"unknown diffusion.process {d.process!r}; choose one of {', '.join(PROCESSES)}")
 
 
-def _vdm_diffusion(cfg: Config, splits: Splits | None) -> VDMDiffusion:
-    """Continuous-time VDM (:mod:`difflab.vdm`); its training loss is the whole bound, whose decoder
+def _vdm_diffusion(cfg: Config, splits: Splits | None, prediction: str) -> VDMDiffusion:
+    """Continuous-time VDM (:mod:`difflab.processes.vdm`); its training loss is the whole bound, whose decoder
     follows the data as the bound does (images: their grid of ``splits.bins`` levels; vectors or no
     ``splits``: a Gaussian density)."""
     d = cfg.diffusion
     bins = (splits.bins or 256) if splits is not None and splits.is_image else None
     try:
         return VDMDiffusion(
-            d.vdm_schedule, d.timesteps, d.prediction, d.variance, gamma_min=d.gamma_min,
+            d.vdm_schedule, d.timesteps, prediction, d.variance, gamma_min=d.gamma_min,
             gamma_max=d.gamma_max, learn_endpoints=d.learn_endpoints, bins=bins,
         )
     except ValueError as exc:
@@ -85,8 +102,17 @@ def _vdm_diffusion(cfg: Config, splits: Splits | None) -> VDMDiffusion:
 
 def _check_objective_keys(cfg: Config) -> None:
     """``diffusion.variance = 'learned'`` and ``model.learn_sigma`` go together; objectives and
-    weightings belong to the DDPM chain."""
+    weightings belong to the DDPM chain, the time law to flow matching."""
     d, m = cfg.diffusion, cfg.model
+    if d.process != "flow":
+        for key, value, default in (("diffusion.t_law", d.t_law, "uniform"),
+                                    ("diffusion.logit_mean", d.logit_mean, 0.0),
+                                    ("diffusion.logit_std", d.logit_std, 1.0)):
+            if value != default:
+                raise ValueError(
+                    f"{key}={value!r} applies to flow matching (diffusion.process = 'flow'), not to "
+                    f"process {d.process!r}; leave it at {default!r}"
+                )
     if d.process != "vp":
         for key, value, default in (("diffusion.objective", d.objective, "simple"),
                                     ("diffusion.weighting", d.weighting, "none"),
@@ -123,7 +149,8 @@ def _objective(cfg: Config, splits: Splits | None) -> Objective:
 
 def build_model(cfg: Config, data_shape: tuple[int, ...]) -> nn.Module:
     """The configured network; for ``diffusion.process = 'vdm'`` one on a 1000-step clock wrapped in a
-    :class:`~difflab.vdm.VDMModel` with the configured schedule (a submodule, trained and saved with it)."""
+    :class:`~difflab.processes.vdm.VDMModel` with the configured schedule (a submodule, trained and
+    saved with it)."""
     if cfg.diffusion.process != "vdm":
         return _build_net(cfg, data_shape, cfg.diffusion.timesteps)
     d = cfg.diffusion
@@ -150,7 +177,7 @@ def _build_net(cfg: Config, data_shape: tuple[int, ...], timesteps: int) -> nn.M
     if m.kind == "unet":
         if len(data_shape) != 3:
             raise ValueError(f"model.kind='unet' needs images [N, C, H, W], got rows of shape {data_shape}")
-        from .nets.unet import unet_from_config
+        from ..nets.unet import unet_from_config
 
         return unet_from_config(m, data_shape, timesteps)
     raise ValueError(f"unknown model.kind {m.kind!r}; choose one of {', '.join(MODELS)}")
@@ -165,7 +192,7 @@ def build_splits(cfg: Config) -> Splits:
             make_toy2d(d.name, d.n_train, seed=d.seed), make_toy2d(d.name, d.n_test, seed=d.seed + 1)
         )
     if d.name in IMAGE_DATA:
-        from .data.images import load_images
+        from ..data.images import load_images
 
         train, test, info = load_images(d)
         return Splits(train.x, test.x, train.y, test.y, train.bins, info)

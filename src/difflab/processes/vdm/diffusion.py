@@ -2,7 +2,7 @@
 
 **The process.** ``z_t = alpha_t x + sigma_t eps`` for ``t in [0, 1]``, ``alpha_t^2 = sigmoid(-gamma(t))``,
 ``sigma_t^2 = sigmoid(gamma(t))`` (eqs. 1, 3-5; equation numbers of the arXiv version), with
-``gamma = -lambda`` from a :class:`~difflab.learned_schedule.LogSNRSchedule` (linear, cosine or the
+``gamma = -lambda`` from a :class:`~difflab.processes.vdm.schedule.LogSNRSchedule` (linear, cosine or the
 learned monotone network).
 
 **Model time.** Samplers, the :class:`~difflab.Denoiser` and the oracles speak the library's model time
@@ -58,25 +58,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import torch
 from torch import nn
 
-from .denoiser import Denoiser, Model, bcast
-from .gaussian import check_grid, check_prediction, to_x0_eps
-from .learned_schedule import (
-    GAMMA_MAX,
-    GAMMA_MIN,
-    ContinuousScheduleView,
-    LogSNRSchedule,
-    VDMModel,
-    _check_timesteps,
-    find_vdm_model,
-    make_schedule,
-)
-from .process_base import ProcessBase, check_output, shape_of, with_docstring
-from .samplers.ddpm import progress_iter
+from ...checks import check_int, shape_of
+from ...denoiser import Denoiser, Model, bcast
+from ...gaussian import check_grid, check_prediction, to_x0_eps
+from ...ode_likelihood import ODEView
+from ...samplers.ddpm import progress_iter
+from ..base import ProcessBase, check_output, with_docstring
+from .model import VDMModel, find_vdm_model
+from .schedule import GAMMA_MAX, GAMMA_MIN, ContinuousScheduleView, LogSNRSchedule, make_schedule
 
 VDM_VARIANCES = ("fixed_small", "fixed_large")
 DECODERS = ("discretized", "gaussian")
@@ -135,8 +128,7 @@ def categorical_decoder_nll(
     weigh less than ``e^-72`` of the nearest), so the cost does not grow with ``bins``. ``x`` must lie
     on the grid (within a quarter step): a ``ValueError`` says so otherwise.
     """
-    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 2:
-        raise ValueError(f"bins must be an integer >= 2, got {bins!r}")
+    check_int("bins", bins, 2)
     x, y = x.to(torch.float64), y.to(torch.float64)
     step = 2.0 / (bins - 1)
     k_true = torch.round((x + 1) / step).clamp(0, bins - 1)
@@ -166,13 +158,13 @@ def _randn(shape, generator, like: torch.Tensor) -> torch.Tensor:
 
 
 class VDMDiffusion(ProcessBase):
-    """Continuous-time VDM: the public contract of :class:`~difflab.GaussianDiffusion` (``loss``,
-    ``sample_t``, ``sample``, ``q_sample``, ``vlb_terms``, ``bits_per_dim``, ``schedule``, ``timesteps``)
-    with model time ``tau = (T-1) t`` (see the module docstring for every equation).
+    """Continuous-time VDM: the process protocol (:mod:`difflab.processes.protocol`) with a bound
+    (``vlb_terms``, ``bits_per_dim``) and model time ``tau = (T-1) t`` (see the module docstring for
+    every equation).
 
     Args:
         schedule: ``"learned"``, ``"linear"``, ``"cosine"`` or a ready
-            :class:`~difflab.learned_schedule.LogSNRSchedule`. The diffusion's own schedule is used with
+            :class:`~difflab.processes.vdm.schedule.LogSNRSchedule`. The diffusion's own schedule is used with
             models that do not carry one (plain callables, oracles); a :class:`VDMModel`'s wins.
         timesteps: ``T``, the number of grid levels of the model time (the sampler grid over ``[0, 1]``).
         prediction: what the network predicts, ``"eps"`` (VDM), ``"x0"`` or ``"v"``; the loss is
@@ -186,6 +178,12 @@ class VDMDiffusion(ProcessBase):
         variance_gradient: train a learned schedule's shape for the variance of ``L_inf`` (sec. 5.3)
             instead of for the bound (on which it has no effect in expectation).
     """
+
+    bound_parts = (
+        "prior KL(q(z_1|x) || N(0, I))",
+        "diffusion: the continuous loss over t in [0, 1]",
+        "decoder -log p(x | z_0)",
+    )
 
     def __init__(
         self,
@@ -209,7 +207,7 @@ class VDMDiffusion(ProcessBase):
                 f"{type(schedule).__name__}"
             )
         self.gamma_schedule = schedule
-        self.timesteps = _check_timesteps(timesteps)
+        self.timesteps = check_int("timesteps", timesteps, 2)
         self.prediction = check_prediction(prediction)
         if variance not in VDM_VARIANCES:
             raise ValueError(
@@ -262,7 +260,7 @@ class VDMDiffusion(ProcessBase):
 
     def _tau(self, x: torch.Tensor, t) -> torch.Tensor:
         """Model times ``[B]``, float64 on the CPU, rounded to float32 (the values the network sees)."""
-        return self._t_for(x, t).cpu().float().double()
+        return self.model_time(x, t).cpu().float().double()
 
     def log_snr(self, t) -> torch.Tensor:
         """``lambda(tau) = -gamma(tau/(T-1))`` of the own schedule, float64."""
@@ -282,8 +280,7 @@ class VDMDiffusion(ProcessBase):
         """Training model times ``tau = (T-1) t``, float64 ``[batch]`` on the CPU: ``t_i = (u + i/B) mod 1``
         with one ``u ~ U(0, 1)`` (antithetic, VDM's default; see the module on DDP ranks) or i.i.d.
         ``U(0, 1)``."""
-        if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
-            raise ValueError(f"batch must be an integer >= 1, got {batch!r}")
+        check_int("batch", batch, 1)
         if self.antithetic:
             u = torch.rand((), generator=generator, dtype=torch.float64)
             t = torch.remainder(u + torch.arange(batch, dtype=torch.float64) / batch, 1.0)
@@ -375,7 +372,7 @@ class VDMDiffusion(ProcessBase):
         """``z_1 ~ N(0, I)``: sampling starts from unit variance."""
         return 1.0
 
-    def _draw_x_T(self, shape: tuple[int, ...], generator, device, dtype: torch.dtype) -> torch.Tensor:
+    def draw_x_T(self, shape: tuple[int, ...], generator, device, dtype: torch.dtype) -> torch.Tensor:
         """Drawn on the CPU (with a CPU ``generator``, as every draw here) and moved to ``device``."""
         return torch.randn(shape, generator=generator, dtype=dtype).to(device)
 
@@ -424,8 +421,7 @@ class VDMDiffusion(ProcessBase):
         """
         if decoder not in DECODERS:
             raise ValueError(f"unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}")
-        if isinstance(t_samples, bool) or not isinstance(t_samples, int) or t_samples < 1:
-            raise ValueError(f"t_samples must be an integer >= 1, got {t_samples!r}")
+        check_int("t_samples", t_samples, 1)
         if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
             raise ValueError(f"x0 must be a batch tensor [B, ...], got {shape_of(x0)}")
         bins = (self.bins or 256) if bins is None else bins
@@ -471,7 +467,7 @@ class VDMDiffusion(ProcessBase):
         """This process seen by the probability-flow ODE (:class:`difflab.ode_likelihood.ODEView`):
         ``lambda_start = -gamma(0)``, ``lambda_end = -gamma(1)`` and ``eps(x, lam)`` evaluating the model
         at the model time of ``lam`` (the monotone schedule inverted by bisection), differentiable in
-        ``x``. Without :mod:`difflab.ode_likelihood` it is a plain namespace with the same attributes."""
+        ``x``."""
         schedule = self._resolve(model)[0]
         view = self.view(schedule)
         den = Denoiser(model, view, self.prediction)
@@ -481,8 +477,4 @@ class VDMDiffusion(ProcessBase):
             return den(x, tau)[1]
 
         g0, g1 = (float(v.detach()) for v in schedule.endpoints())
-        try:
-            from .ode_likelihood import ODEView
-        except ImportError:  # pragma: no cover - the module ships with difflab
-            return SimpleNamespace(lambda_start=-g0, lambda_end=-g1, eps=eps)
         return ODEView(-g0, -g1, eps)

@@ -27,30 +27,28 @@ Schedule math runs in float64 whatever the parameters' dtype (they are cast at u
 back through the cast) and outside autocast, so a bf16 training run never rounds ``gamma``. ``t`` is a
 tensor of any shape (or a number) in ``[0, 1]``; the result has its shape and device.
 
-Also here, as they belong to the schedule rather than to the process: :class:`VDMModel`, a network
-that carries its schedule (so the trainer, EMA, DDP and checkpoints treat the schedule's parameters as
-the model's), :func:`find_vdm_model` and :class:`ContinuousScheduleView`, the schedule as samplers see
-it at model time ``tau = (T-1) t``. :mod:`difflab.vdm` explains the noise input they give the network.
+Also here: :class:`ContinuousScheduleView`, the schedule as samplers see it at model time
+``tau = (T-1) t``. The network that carries its schedule is :class:`~difflab.processes.vdm.model.VDMModel`.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
 from torch import nn
 
-NOISE_CLOCK = 1000.0  # VDMModel's noise input to the network runs over [0, NOISE_CLOCK]
+from ...checks import check_int, check_number
+from ...schedules import check_log_snr, check_model_time
+
 SCHEDULE_KINDS = ("linear", "cosine", "learned")
 GAMMA_MIN, GAMMA_MAX = -13.3, 5.0  # VDM's defaults: SNR from e^13.3 (data end) to e^-5 (prior end)
 
 __all__ = [
     "GAMMA_MAX",
     "GAMMA_MIN",
-    "NOISE_CLOCK",
     "SCHEDULE_KINDS",
     "ContinuousScheduleView",
     "CosineSchedule",
@@ -58,8 +56,6 @@ __all__ = [
     "LinearSchedule",
     "LogSNRSchedule",
     "ScheduleEval",
-    "VDMModel",
-    "find_vdm_model",
     "make_schedule",
 ]
 
@@ -68,17 +64,11 @@ class ScheduleEval(NamedTuple):
     """``gamma(t)`` and ``gamma'(t)`` (float64, with gradients) and the tensors through which alone the
     schedule's shape parameters (not its endpoints) are reached: the normalised ``s(t)`` and ``s'(t)``
     of a learned shape, empty for a fixed shape. The variance-minimising gradient of
-    :class:`difflab.vdm.VDMDiffusion` rescales the gradient flowing into these."""
+    :class:`difflab.processes.vdm.VDMDiffusion` rescales the gradient flowing into these."""
 
     gamma: torch.Tensor
     dgamma: torch.Tensor
     shape_tensors: tuple[torch.Tensor, ...]
-
-
-def _finite(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
-    return float(value)
 
 
 class LogSNRSchedule(nn.Module):
@@ -89,8 +79,8 @@ class LogSNRSchedule(nn.Module):
         gamma_max: ``gamma_1`` at initialisation (the prior end), VDM's ``5``; ``> gamma_min``.
         learn_endpoints: make ``gamma_0`` and ``gamma_1`` trainable parameters (else fixed buffers).
 
-    ``gamma_min`` / ``gamma_max`` also stay fixed attributes: :class:`difflab.vdm.VDMModel` scales the
-    network's noise input by them, so that input does not move when learned endpoints do.
+    ``gamma_min`` / ``gamma_max`` also stay fixed attributes: :class:`difflab.processes.vdm.VDMModel`
+    scales the network's noise input by them, so that input does not move when learned endpoints do.
     """
 
     kind = "base"
@@ -102,7 +92,7 @@ class LogSNRSchedule(nn.Module):
         self, gamma_min: float = GAMMA_MIN, gamma_max: float = GAMMA_MAX, learn_endpoints: bool = False
     ):
         super().__init__()
-        gamma_min, gamma_max = _finite("gamma_min", gamma_min), _finite("gamma_max", gamma_max)
+        gamma_min, gamma_max = check_number("gamma_min", gamma_min), check_number("gamma_max", gamma_max)
         if not gamma_min < gamma_max:
             raise ValueError(
                 f"a schedule needs gamma_min < gamma_max (gamma = -log SNR increases from the data to the "
@@ -160,10 +150,6 @@ class LogSNRSchedule(nn.Module):
     def forward(self, t) -> torch.Tensor:
         """``gamma(t) = -log SNR(t)``, float64 of ``t``'s shape."""
         return self.evaluate(t).gamma
-
-    def derivative(self, t) -> torch.Tensor:
-        """``gamma'(t)``, float64 of ``t``'s shape (closed form, not autograd)."""
-        return self.evaluate(t).dgamma
 
     @torch.no_grad()
     def time_of_gamma(self, gamma, iterations: int = 64) -> torch.Tensor:
@@ -231,8 +217,7 @@ class LearnedSchedule(LogSNRSchedule):
         init_std: float = 0.01,
     ):
         super().__init__(gamma_min, gamma_max, learn_endpoints)
-        if isinstance(features, bool) or not isinstance(features, int) or features < 1:
-            raise ValueError(f"features must be an integer >= 1, got {features!r}")
+        check_int("features", features, 1)
         self.features = features
         self.w1 = nn.Parameter(torch.tensor(self.gamma_max - self.gamma_min))
         self.b1 = nn.Parameter(torch.tensor(self.gamma_min))
@@ -274,103 +259,6 @@ def make_schedule(
     return classes[kind](gamma_min, gamma_max, learn_endpoints, **options)
 
 
-def _check_timesteps(timesteps) -> int:
-    if isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 2:
-        raise ValueError(
-            f"timesteps must be an integer >= 2 (the sampler grid over t in [0, 1]), got {timesteps!r}"
-        )
-    return timesteps
-
-
-class VDMModel(nn.Module):
-    """A network and its noise schedule: ``model(z_t, tau)`` calls ``net(z_t, c)`` with the noise input
-    ``c = 1000 (gamma(t) - gamma_min)/(gamma_max - gamma_min)``, ``t = tau/(T-1)`` (see the module).
-
-    Args:
-        net: ``net(x, c)`` (or ``net(x, c, y=labels)``), any network of the ``model(x, t)`` contract whose
-            time embedding expects a ``[0, 1000]`` clock (build it with ``timesteps=1000``).
-        schedule: the :class:`~difflab.learned_schedule.LogSNRSchedule`, a submodule.
-        timesteps: ``T`` of the model time ``tau in [0, T-1]``.
-
-    ``forward(x, t, y=None, gamma=None)``: with ``gamma`` given (float ``[B]``) that noise level is used
-    as it is (the VDM loss passes the ``gamma(t)`` it computed, gradients and all); else it is
-    ``schedule(tau / (T-1))``.
-    """
-
-    def __init__(self, net: Callable[..., torch.Tensor], schedule: LogSNRSchedule, timesteps: int = 1000):
-        super().__init__()
-        if not isinstance(schedule, LogSNRSchedule):
-            raise ValueError(
-                f"schedule must be a difflab.learned_schedule.LogSNRSchedule, got {type(schedule).__name__}"
-            )
-        if not callable(net):
-            raise ValueError(f"net must be a callable net(x, c), got {type(net).__name__}")
-        self.net = net
-        self.schedule = schedule
-        self.timesteps = _check_timesteps(timesteps)
-
-    def noise_input(self, gamma: torch.Tensor) -> torch.Tensor:
-        """``c = 1000 (gamma - gamma_min) / (gamma_max - gamma_min)``, float32."""
-        s = self.schedule
-        return (NOISE_CLOCK * (gamma - s.gamma_min) / (s.gamma_max - s.gamma_min)).to(torch.float32)
-
-    def gamma(self, t: torch.Tensor) -> torch.Tensor:
-        """``gamma`` at model times ``tau`` (float64)."""
-        return self.schedule(torch.as_tensor(t).to(torch.float64) / (self.timesteps - 1))
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        t: torch.Tensor | float,
-        y: torch.Tensor | None = None,
-        *,
-        gamma: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        if gamma is None:
-            t = torch.as_tensor(t, device=x.device)
-            if t.dim() == 1 and t.numel() > 1 and bool((t == t[0]).all()):
-                t = t[:1]  # samplers pass one shared time: evaluate the schedule once
-            gamma = self.gamma(t)
-        c = self.noise_input(torch.as_tensor(gamma, device=x.device))
-        c = c.expand(x.shape[0]) if c.dim() == 0 or c.numel() == 1 else c
-        return self.net(x, c) if y is None else self.net(x, c, y=y)
-
-
-def find_vdm_model(model) -> tuple[VDMModel | None, bool]:
-    """The :class:`VDMModel` inside ``model``, and whether ``model`` passes keyword arguments through
-    to it unchanged (DDP, ``torch.compile``, ``functools.partial``). Closures and wrappers that call the
-    model their own way (guidance, ``build.conditional``) are searched too; ``(None, False)`` if none."""
-    seen: set[int] = set()
-
-    def walk(obj, transparent: bool, depth: int):
-        if obj is None or depth > 8 or id(obj) in seen:
-            return None
-        seen.add(id(obj))
-        if isinstance(obj, VDMModel):
-            return obj, transparent
-        if isinstance(obj, functools.partial):
-            return walk(obj.func, transparent, depth + 1)
-        if isinstance(obj, nn.Module):
-            for name in ("module", "_orig_mod"):  # DistributedDataParallel, torch.compile
-                inner = getattr(obj, name, None)
-                if isinstance(inner, nn.Module):
-                    return walk(inner, transparent, depth + 1)
-        inner = getattr(obj, "model", None)
-        found = walk(inner, False, depth + 1) if inner is not None else None
-        if found is None and hasattr(obj, "__self__"):
-            found = walk(obj.__self__, transparent, depth + 1)
-        for cell in getattr(obj, "__closure__", None) or ():
-            if found is not None:
-                break
-            try:
-                found = walk(cell.cell_contents, False, depth + 1)
-            except ValueError:  # an empty cell
-                continue
-        return found
-
-    return walk(model, True, 0) or (None, False)
-
-
 class ContinuousScheduleView:
     """What samplers, the :class:`~difflab.Denoiser` and the oracles read from a schedule
     (``timesteps``, ``lambdas``, ``check_t``, ``log_snr``, ``alpha_sigma``), for the continuous
@@ -380,16 +268,12 @@ class ContinuousScheduleView:
 
     def __init__(self, schedule: LogSNRSchedule, timesteps: int):
         self.gamma_schedule = schedule
-        self.timesteps = _check_timesteps(timesteps)
+        self.timesteps = check_int("timesteps", timesteps, 2)
 
     def check_t(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` (model time ``tau``) as float64, with a clear error outside ``[0, T-1]``."""
-        t64 = torch.as_tensor(t).detach().to(torch.float64)
         top = self.timesteps - 1
-        if t64.numel() and (bool(torch.isnan(t64).any()) or float(t64.min()) < 0 or float(t64.max()) > top):
-            bad = t64[(t64 < 0) | (t64 > top) | torch.isnan(t64)].flatten()[0].item()
-            raise ValueError(f"model time {bad} is out of range: it must lie in [0, {top}] (tau = {top} t)")
-        return t64
+        return check_model_time(t, top, note=f" (tau = {top} t)")
 
     def log_snr(self, t) -> torch.Tensor:
         """``lambda(tau) = -gamma(tau / (T-1))``, float64 on ``t``'s device."""
@@ -410,14 +294,7 @@ class ContinuousScheduleView:
     def time_of_log_snr(self, lam) -> torch.Tensor:
         """Model time ``tau`` with ``lambda(tau) = lam`` exactly (bisection on the monotone schedule);
         ``lam`` must lie in ``[lambda(T-1), lambda(0)]`` (1e-9 of the range past an end is clamped)."""
-        lam = torch.as_tensor(lam, dtype=torch.float64)
         g0, g1 = (float(v.detach()) for v in self.gamma_schedule.endpoints())
-        lo, hi = -g1, -g0
-        slack = 1e-9 * (hi - lo)
-        if lam.numel() and (
-            bool(torch.isnan(lam).any()) or float(lam.min()) < lo - slack or float(lam.max()) > hi + slack
-        ):
-            bad = lam[(lam < lo - slack) | (lam > hi + slack) | torch.isnan(lam)].flatten()[0].item()
-            raise ValueError(f"log-SNR {bad:g} is outside the schedule's range [{lo:g}, {hi:g}] (t = 1 .. 0)")
-        t = self.gamma_schedule.time_of_gamma(-lam.clamp(lo, hi))
+        lam = check_log_snr(lam, -g1, -g0, " (t = 1 .. 0)")
+        t = self.gamma_schedule.time_of_gamma(-lam)
         return t * (self.timesteps - 1)

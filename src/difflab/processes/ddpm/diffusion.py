@@ -16,18 +16,18 @@ from dataclasses import replace
 
 import torch
 
-from . import likelihood, objectives
-from .denoiser import Denoiser, Model, bcast
-from .gaussian import (
+from ...denoiser import Denoiser, Model, bcast
+from ...gaussian import (
     check_prediction,
     learned_log_variance,
     posterior_coefficients,
     transition_variance,
 )
+from ...samplers import VARIANCES
+from ...schedules import DiscreteSchedule
+from ..base import ProcessBase
+from . import bound, objectives
 from .objectives import Objective
-from .process_base import ProcessBase
-from .samplers import VARIANCES
-from .schedules import DiscreteSchedule
 
 
 class GaussianDiffusion(ProcessBase):
@@ -42,9 +42,11 @@ class GaussianDiffusion(ProcessBase):
             ``[prediction, v]`` and ``log sigma_t^2 = frac log beta_t + (1 - frac) log beta~_t``,
             ``frac = (v + 1)/2``).
         objective: what :meth:`loss` minimises: ``"simple"`` (``L_simple``, the default), ``"hybrid"``
-            or ``"vlb"``, or an :class:`~difflab.objectives.Objective` with a weighting (min-SNR, P2)
-            and its options. See :mod:`difflab.objectives`.
+            or ``"vlb"``, or an :class:`~difflab.processes.ddpm.objectives.Objective` with a weighting
+            (min-SNR, P2) and its options. See :mod:`difflab.processes.ddpm.objectives`.
     """
+
+    bound_parts = ("prior L_T", "diffusion L_1 + ... + L_{T-1}", "decoder L_0")
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class GaussianDiffusion(ProcessBase):
             )
         self.variance = variance
         self.objective = Objective.of(objective)
+        self.discrete_steps = self.timesteps  # Algorithm 1's t ~ U{0..T-1}: importance sampling applies
 
     def __repr__(self) -> str:
         extra = "" if self.objective == Objective() else f", objective={self.objective!r}"
@@ -77,16 +80,7 @@ class GaussianDiffusion(ProcessBase):
         )
 
     # ----------------------------------------------------------------- forward process
-    # (``q_sample`` and the model-time check ``_t_for`` come from ProcessBase)
-    def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(sqrt(alpha_bar_t), sqrt(1 - alpha_bar_t))`` shaped to broadcast over ``like``."""
-        alpha, sigma = self.schedule.alpha_sigma(self._t_for(like, t))
-        return bcast(alpha, like), bcast(sigma, like)
-
-    def log_snr(self, t) -> torch.Tensor:
-        """``lambda_t = log(alpha_bar_t / (1 - alpha_bar_t))``; fractional ``t`` interpolates linearly."""
-        return self.schedule.log_snr(t)
-
+    # (``q_sample`` and the model-time check ``model_time`` come from ProcessBase)
     def q_posterior(
         self, x0: torch.Tensor, x_t: torch.Tensor, t
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -97,7 +91,7 @@ class GaussianDiffusion(ProcessBase):
         """
         if x0.shape != x_t.shape:
             raise ValueError(f"x0 shape {tuple(x0.shape)} differs from x_t {tuple(x_t.shape)}")
-        idx = self._integer_t(x_t, t)
+        idx = self.integer_t(x_t, t)
         s = self.schedule
         a_t, s_t = s.alpha_bar[idx].sqrt(), (1 - s.alpha_bar[idx]).sqrt()
         a_s, s_s = s.alpha_bar_prev[idx].sqrt(), (1 - s.alpha_bar_prev[idx]).sqrt()
@@ -106,8 +100,10 @@ class GaussianDiffusion(ProcessBase):
         log_var = torch.log(self._clipped_posterior_variance()[idx])
         return mean, bcast(var, x_t).expand_as(x_t), bcast(log_var, x_t).expand_as(x_t)
 
-    def _integer_t(self, x: torch.Tensor, t) -> torch.Tensor:
-        t64 = self._t_for(x, t)
+    def integer_t(self, x: torch.Tensor, t) -> torch.Tensor:
+        """``t`` as int64 ``[B]`` indices on the CPU for the batch ``x``; a ``ValueError`` unless every
+        model time is a whole step of the chain (the posteriors and the bound's terms live there)."""
+        t64 = self.model_time(x, t)
         if not bool((t64 == t64.round()).all()):
             raise ValueError("this quantity is defined on integer timesteps only")
         return t64.long().cpu()
@@ -144,7 +140,7 @@ class GaussianDiffusion(ProcessBase):
         dimension, ``v`` the network's variance channels; ``log beta~`` is clipped at index 0 (to its
         value at index 1) as in :meth:`q_posterior`.
         """
-        idx = self._integer_t(x_t, t)
+        idx = self.integer_t(x_t, t)
         if self.variance != "learned":
             return bcast(self.reverse_log_variance()[idx], x_t)
         if v is None or v.shape != x_t.shape:
@@ -170,7 +166,7 @@ class GaussianDiffusion(ProcessBase):
 
         Returns ``(mean, log_variance, x0_hat)``; ``log_variance`` is :meth:`model_log_variance`.
         """
-        idx = self._integer_t(x_t, t)
+        idx = self.integer_t(x_t, t)
         x0_hat, _, v = self.denoiser(model, clip).predict(x_t, idx.to(torch.float64))
         mean, _, _ = self.q_posterior(x0_hat, x_t, idx)
         log_var = self.model_log_variance(idx, x_t, v).expand_as(x_t)
@@ -193,26 +189,20 @@ class GaussianDiffusion(ProcessBase):
         By default ``L_simple``: ``|| target - model(x_t, t) ||^2`` averaged over dimensions, the
         target being ``eps``, ``x0`` or ``v`` as the prediction says. ``objective`` (default: the
         diffusion's) may name ``"simple"``, ``"hybrid"`` or ``"vlb"`` or be an
-        :class:`~difflab.objectives.Objective`; ``weighting`` (``"none"``, ``"min_snr"``, ``"p2"``)
-        replaces its weighting. Definitions, units and equations: :mod:`difflab.objectives`.
+        :class:`~difflab.processes.ddpm.objectives.Objective`; ``weighting`` (``"none"``,
+        ``"min_snr"``, ``"p2"``) replaces its weighting. Definitions, units and equations:
+        :mod:`difflab.processes.ddpm.objectives`.
         ``t`` is drawn uniformly from ``{0, ..., T-1}`` (Algorithm 1) unless given.
         """
-        if x0.dim() < 2:
-            raise ValueError(f"x0 must be a batch [B, ...], got shape {tuple(x0.shape)}")
         obj = Objective.of(objective, self.objective)
         if weighting is not None:
             obj = replace(obj, weighting=weighting)
-        B = x0.shape[0]
-        if t is None:
-            t = self.sample_t(B, generator)
-        if noise is None:
-            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        t, noise = self.training_draws(x0, t, noise, generator)
         return objectives.loss(self, model, x0, t, noise, obj)
 
     def sample_t(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Training times ``t ~ U{0, ..., T-1}`` (Algorithm 1), int64 ``[batch]`` on the CPU; the
-        trainer and :meth:`loss` draw ``t`` here, so a process with another training distribution
-        overrides this one method."""
+        trainer and :meth:`loss` draw ``t`` here."""
         return torch.randint(0, self.timesteps, (batch,), generator=generator, device="cpu")
 
     # ----------------------------------------------------------------- sampling
@@ -221,39 +211,16 @@ class GaussianDiffusion(ProcessBase):
     # ----------------------------------------------------------------- the bound
     def prior_kl(self, x0: torch.Tensor) -> torch.Tensor:
         """``L_T = KL(q(x_T | x_0) || N(0, I))`` summed over dimensions, nats ``[B]``."""
-        return likelihood.prior_kl(self, x0)
+        return bound.prior_kl(self, x0)
 
-    def vlb_terms(self, model: Model, x0: torch.Tensor, **kwargs) -> likelihood.VLBTerms:
+    def vlb_terms(self, model: Model, x0: torch.Tensor, **kwargs) -> bound.VLBTerms:
         """Every term of the bound in bits/dim: prior ``L_T``, ``L_{t-1}`` for each ``t`` and the
-        decoder ``L_0``. See :func:`difflab.likelihood.vlb_terms` for the options."""
-        return likelihood.vlb_terms(self, model, x0, **kwargs)
+        decoder ``L_0``. See :func:`difflab.processes.ddpm.bound.vlb_terms` for the options."""
+        return bound.vlb_terms(self, model, x0, **kwargs)
 
     def bits_per_dim(self, model: Model, x0: torch.Tensor, **kwargs) -> torch.Tensor:
         """The variational bound ``L_T + sum L_{t-1} + L_0`` in bits per dimension, ``[B]``."""
         return self.vlb_terms(model, x0, **kwargs).total
-
-    # ----------------------------------------------------------------- probability-flow likelihood
-    def ode_view(self, model: Model):
-        """This process seen by the probability-flow ODE: an :class:`~difflab.ode_likelihood.ODEView`
-        with ``lambda_start = lambda(0)``, ``lambda_end = lambda(T-1)`` and ``eps(x, lam)`` evaluating
-        the model at the model time of ``lam`` (inverting the interpolated log-SNR)."""
-        from . import ode_likelihood
-
-        return ode_likelihood.denoiser_view(self, model)
-
-    def ode_nll(self, model: Model, x: torch.Tensor, **kwargs) -> torch.Tensor | tuple:
-        """``-log p(x)`` in nats ``[B]`` through the probability-flow ODE; see
-        :func:`difflab.ode_likelihood.ode_nll` for the equations and options."""
-        from . import ode_likelihood
-
-        return ode_likelihood.ode_nll(self, model, x, **kwargs)
-
-    def ode_bits_per_dim(self, model: Model, x0: torch.Tensor, **kwargs) -> torch.Tensor | tuple:
-        """Bits/dim of grid data ``x0`` by dequantization and the probability-flow ODE (an upper bound
-        on ``-log P(x0)``); see :func:`difflab.ode_likelihood.ode_bits_per_dim`."""
-        from . import ode_likelihood
-
-        return ode_likelihood.ode_bits_per_dim(self, model, x0, **kwargs)
 
 
 __all__ = ["GaussianDiffusion", "transition_variance"]

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .gaussian import check_grid, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
-from .samplers.ddpm import progress_iter
+from ...gaussian import check_grid, discretized_gaussian_log_likelihood, gaussian_log_density, normal_kl
+from ...samplers.ddpm import progress_iter
 
 if TYPE_CHECKING:
-    from .denoiser import Model
-    from .diffusion import GaussianDiffusion
+    from ...denoiser import Model
+    from ..protocol import Process
 
 DECODERS = ("discretized", "gaussian")
 
@@ -57,7 +57,7 @@ def _dims(x0: torch.Tensor) -> int:
     return int(x0[0].numel())
 
 
-def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
+def prior_kl(diffusion: Process, x0: torch.Tensor) -> torch.Tensor:
     """``L_T = KL(N(sqrt(alpha_bar_T) x_0, (1 - alpha_bar_T) I) || N(0, I))``, nats ``[B]``."""
     ab = diffusion.schedule.alpha_bar[-1]
     x = x0.to(torch.float64)
@@ -68,7 +68,7 @@ def prior_kl(diffusion: GaussianDiffusion, x0: torch.Tensor) -> torch.Tensor:
 
 
 def term_nats(
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     x0: torch.Tensor,
     x_t: torch.Tensor,
     t: torch.Tensor,
@@ -101,7 +101,7 @@ def term_nats(
 
 @torch.no_grad()
 def vlb_terms(
-    diffusion: GaussianDiffusion,
+    diffusion: Process,
     model: Model,
     x0: torch.Tensor,
     bins: int = 256,

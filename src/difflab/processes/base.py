@@ -1,12 +1,13 @@
-"""What every process shares of :class:`~difflab.GaussianDiffusion`'s contract, written once.
+"""What every process shares of the :class:`~difflab.processes.protocol.Process` contract, written once.
 
 :class:`ProcessBase` holds the model-time check, the closed-form forward draw
-``x_t = alpha_t x_0 + sigma_t eps`` (DDPM eq. 4; VDM eq. 1) and sampling: ``x_T ~ N(0, prior_std^2 I)``
+``x_t = alpha_t x_0 + sigma_t eps`` (DDPM eq. 4; VDM eq. 1), sampling (``x_T ~ N(0, prior_std^2 I)``
 run through a sampler of :mod:`difflab.samplers` on levels of the schedule that the process's
-:class:`~difflab.Denoiser` carries (DDPM Algorithm 2 for ``"ancestral"``). A process supplies
-``schedule`` (``check_t``, ``alpha_sigma``, ``lambdas``), ``timesteps``, ``variance``,
-``alpha_sigma(t, like)`` and ``denoiser(model, clip)``: :class:`~difflab.GaussianDiffusion` (with the
-variance-exploding processes built on it) and :class:`~difflab.vdm.VDMDiffusion` do.
+:class:`~difflab.Denoiser` carries; DDPM Algorithm 2 for ``"ancestral"``) and the probability-flow
+likelihood (:mod:`difflab.ode_likelihood`), with the default declarations: no bound, continuous
+training times, no preconditioning. A process supplies ``schedule`` (``check_t``, ``alpha_sigma``,
+``lambdas``), ``timesteps``, ``prediction``, ``variance``, ``alpha_sigma(t, like)``, ``log_snr``,
+``sample_t``, ``loss`` and ``denoiser(model, clip)``.
 """
 
 from __future__ import annotations
@@ -16,14 +17,11 @@ from collections.abc import Callable
 
 import torch
 
-from .denoiser import Denoiser, Model
-from .gaussian import q_sample
-from .samplers import DEFAULT_SPACING, SAMPLERS, make_levels, make_timesteps
-
-
-def shape_of(x) -> object:
-    """``x``'s shape as a tuple for a tensor, else its type's name (for error messages)."""
-    return tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+from .. import ode_likelihood
+from ..checks import shape_of
+from ..denoiser import Denoiser, Model, bcast
+from ..gaussian import q_sample
+from ..samplers import DEFAULT_SPACING, SAMPLERS, make_levels, make_timesteps
 
 
 def check_output(out, x: torch.Tensor, rule: str) -> torch.Tensor:
@@ -47,23 +45,56 @@ def with_docstring(method: Callable, doc: str) -> Callable:
 
 
 class ProcessBase:
-    """Model-time check, ``q_sample``, ``timesteps_for``, ``prior_std`` and ``sample`` over the hooks
-    listed in the module docstring; ``_draw_x_T`` says where the prior's noise is drawn."""
+    """Model-time check, ``q_sample``, ``timesteps_for``, ``prior_std``, ``sample`` and the ODE
+    likelihood over the hooks listed in the module docstring; ``draw_x_T`` says where the prior's
+    noise is drawn."""
 
     schedule: object
     timesteps: int
+    prediction: str
     variance: str
+    #: the names of the variational bound's parts; ``()``: no bound (see the protocol)
+    bound_parts: tuple[str, ...] = ()
+    #: ``T`` when training draws integer steps ``U{0..T-1}``; ``None`` for continuous times
+    discrete_steps: int | None = None
+    #: an EDM-style preconditioning of the network, or ``None``
+    preconditioning = None
 
     def alpha_sigma(self, t, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(alpha_t, sigma_t)`` at model time ``t``, shaped to broadcast over ``like`` (the process's)."""
-        raise NotImplementedError
+        """``(alpha_t, sigma_t)`` of the schedule at model time ``t``, shaped to broadcast over ``like``."""
+        alpha, sigma = self.schedule.alpha_sigma(self.model_time(like, t))
+        return bcast(alpha, like), bcast(sigma, like)
+
+    def training_draws(
+        self, x0: torch.Tensor, t, noise: torch.Tensor | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(t, noise)`` for ``loss``: ``t`` from :meth:`sample_t` and ``noise ~ N(0, I)`` on ``x0``'s
+        device unless given, both with ``generator``; refuses an ``x0`` that is not a batch."""
+        if not isinstance(x0, torch.Tensor) or x0.dim() < 2:
+            raise ValueError(f"x0 must be a batch [B, ...], got shape {shape_of(x0)}")
+        if t is None:
+            t = self.sample_t(x0.shape[0], generator)
+        if noise is None:
+            noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        return t, noise
 
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
         """``model`` as ``(x_t, t) -> (x0_hat, eps_hat)`` on the schedule to sample on (the process's)."""
         raise NotImplementedError
 
+    def bind(self, model: Model) -> ProcessBase:
+        """Take from a trained ``model`` what the process keeps inside it (VDM's learned schedule); a
+        process whose schedule is fixed has nothing to take. Returns ``self``."""
+        return self
+
     # ----------------------------------------------------------------- forward process
-    def _t_for(self, x: torch.Tensor, t) -> torch.Tensor:
+    def log_snr(self, t) -> torch.Tensor:
+        """``lambda_t = log(alpha_t^2 / sigma_t^2)`` at model time ``t`` (float64)."""
+        return self.schedule.log_snr(t)
+
+    def model_time(self, x: torch.Tensor, t) -> torch.Tensor:
+        """``t`` as float64 ``[B]`` model times for the batch ``x`` (a scalar is broadcast), checked
+        against the schedule's range; a one-line ``ValueError`` otherwise."""
         t = torch.as_tensor(t)
         if t.dim() == 0:
             t = t.expand(x.shape[0])
@@ -91,7 +122,7 @@ class ProcessBase:
         variance-preserving process (a variance-exploding one overrides it)."""
         return 1.0
 
-    def _draw_x_T(self, shape: tuple[int, ...], generator, device, dtype: torch.dtype) -> torch.Tensor:
+    def draw_x_T(self, shape: tuple[int, ...], generator, device, dtype: torch.dtype) -> torch.Tensor:
         """``N(0, I)`` noise of ``shape``, drawn on ``device`` with ``generator``."""
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
 
@@ -134,7 +165,7 @@ class ProcessBase:
         timesteps = make_timesteps(schedule, self.timesteps if steps is None else steps, spacing)
         levels = make_levels(schedule, timesteps)
         if x_T is None:
-            x_T = self._draw_x_T(tuple(shape), generator, device or "cpu", dtype) * self.prior_std(levels)
+            x_T = self.draw_x_T(tuple(shape), generator, device or "cpu", dtype) * self.prior_std(levels)
         elif tuple(x_T.shape) != tuple(shape):
             raise ValueError(f"x_T shape {tuple(x_T.shape)} does not match shape {tuple(shape)}")
         if sampler == "ancestral":
@@ -142,5 +173,23 @@ class ProcessBase:
         x0 = SAMPLERS[sampler](den, x_T, levels, generator=generator, progress=progress, **sampler_kwargs)
         return (x0, den.nfe) if return_nfe else x0
 
+    # ----------------------------------------------------------------- probability-flow likelihood
+    def ode_view(self, model: Model) -> ode_likelihood.ODEView:
+        """This process seen by the probability-flow ODE (:func:`difflab.ode_likelihood.denoiser_view`):
+        the log-SNR of its two ends and ``eps(x, lam)`` evaluating the model at the model time of
+        ``lam``, on any Gaussian path (a state is rescaled to the variance-preserving one of equal
+        log-SNR, ``x / sqrt(alpha^2 + sigma^2)``)."""
+        return ode_likelihood.denoiser_view(self, model)
 
-__all__ = ["ProcessBase", "check_output", "shape_of", "with_docstring"]
+    def ode_nll(self, model: Model, x: torch.Tensor, **kwargs) -> torch.Tensor | tuple:
+        """``-log p(x)`` in nats ``[B]`` through the probability-flow ODE; see
+        :func:`difflab.ode_likelihood.ode_nll` for the equations and options."""
+        return ode_likelihood.ode_nll(self, model, x, **kwargs)
+
+    def ode_bits_per_dim(self, model: Model, x0: torch.Tensor, **kwargs) -> torch.Tensor | tuple:
+        """Bits/dim of grid data ``x0`` by dequantization and the probability-flow ODE (an upper bound
+        on ``-log P(x0)``); see :func:`difflab.ode_likelihood.ode_bits_per_dim`."""
+        return ode_likelihood.ode_bits_per_dim(self, model, x0, **kwargs)
+
+
+__all__ = ["ProcessBase", "check_output", "with_docstring"]
