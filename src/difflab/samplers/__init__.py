@@ -90,12 +90,13 @@ DEFAULT_SPACING = {
     # measured (bench/samplers_peers.py, docs/samplers.md): the spacing with the smallest geometric-mean
     # error relative to the best peer (diffusers, k-diffusion) over 5-20 NFE on the 64-D anisotropic
     # Gaussian and the 2-D mixture, each sampler with its default options (chosen the same way).
-    # UniPC (data prediction, B2(h)): logsnr-jump, the top level then equal log-SNR steps from sigma~ =
-    # 10 (UniPC's own variable below the jump; above it x0_hat barely moves): 2-8x more accurate than the
-    # best peer at 14-20 NFE on the Gaussian and 1.7-3.4x on the mixture, where quadratic steps were
-    # 0.8-0.9x / 2-4x and plain logsnr 0.9-3.5x / 0.9-1.2x. On a trained network the one step above
-    # sigma~ = 10 is never refined (FD 4.8 against 4.3 on logsnr at 59 NFE on the demo model)
-    "unipc": "logsnr-jump",
+    # UniPC (data prediction, B2(h)): quadratic, chosen on trained networks. On the oracles logsnr-jump
+    # (the top level, then equal log-SNR steps from sigma~ = 10) is 2-8x more accurate than the best
+    # peer at 14-20 NFE on the Gaussian and 1.7-3.4x on the mixture, where quadratic steps are 0.8-0.9x /
+    # 2-4x; but on a trained network the one step above sigma~ = 10 is never refined: FD at 10 / 15 / 20
+    # NFE on the digits DDPM 7.12 / 4.38 / 4.10 on quadratic, 5.63 / 4.66 / 4.12 on logsnr, - / 4.71 /
+    # 4.55 on logsnr-jump; on the digits flow model 1.67 / 1.45 / 1.55, 4.92 / 1.68 / 1.61, - / 1.68 / 1.64
+    "unipc": "quadratic",
     # Quadratic steps, finer near the data than logsnr but coarser than edm, suit iPNDM's extrapolation
     # of the noise prediction (0.83x the best peer's error on that mean against 1.1-1.2x)
     "ipndm": "quadratic",
