@@ -43,9 +43,10 @@ import torch
 
 import difflab as dl
 from difflab.oracles import GaussianMixtureOracle, GaussianOracle
+from difflab.samplers.budget import recommend
 
-BUDGETS = (5, 6, 8, 10, 15, 20, 50)
-SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump")
+BUDGETS = (5, 6, 8, 10, 12, 15, 20, 50)
+SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump", "logsnr-jump")
 #: rtol = atol of the adaptive solvers: eight a decade from 0.32 to 5.6e-5 for difflab, every other one
 #: (four a decade) for k-diffusion, whose solver is the slower to run
 TOLERANCES = tuple(10 ** (-k / 8) for k in range(4, 35))
@@ -260,7 +261,7 @@ def best_per_budget(rows):
     return out
 
 
-def sweep(problems, diffusion, quick: bool, fixed: bool = True):
+def sweep(problems, diffusion, quick: bool, fixed: bool = True, adaptive: bool = True):
     K, KE = load_k_diffusion()
     results = {}
     for prob in problems:
@@ -273,6 +274,12 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
                 steps = levels_for(cost, b)
                 x, nfe = run_difflab(diffusion, prob, name, spacing, opts, steps)
                 rows["difflab"].append({"label": label, "nfe": nfe, "err": rms(x, prob["ref"])})
+        recommended = []
+        for b in BUDGETS if fixed else ():  # the one configuration per budget of ``--nfe``
+            name, steps, spacing = recommend(b)
+            x, nfe = run_difflab(diffusion, prob, name, spacing, {}, steps)
+            recommended.append({"label": f"{name} {spacing}", "nfe": nfe, "err": rms(x, prob["ref"]),
+                                "budget": b})
         t1 = time.perf_counter()
         for label, cls, opts in diffusers_configs() if fixed else ():
             for b in BUDGETS:
@@ -298,14 +305,16 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
             rows["k-diffusion"].append({"label": "dpm_fast (to sigma_min)", "nfe": model.calls,
                                         "err": rms(x, prob["ref_min"])})
         t3 = time.perf_counter()
-        adaptive = {"difflab": [], "k-diffusion": []}
-        for i, tol in enumerate(TOLERANCES):
+        solved = {"difflab": [], "k-diffusion": []}
+        for i, tol in enumerate(TOLERANCES if adaptive else ()):
             for order in (2, 3):
-                model = Counting(prob["oracle"])
-                x = diffusion.sample(model, prob["z"].shape, sampler="dpm-adaptive", steps=2, x_T=prob["z"],
-                                     order=order, rtol=tol, atol=tol)
-                adaptive["difflab"].append({"label": f"dpm-adaptive order={order} rtol=atol={tol:.2g}",
-                                            "nfe": model.calls, "err": rms(x, prob["ref"]), "tol": tol})
+                for pred in ("data", "noise"):
+                    model = Counting(prob["oracle"])
+                    x = diffusion.sample(model, prob["z"].shape, sampler="dpm-adaptive", steps=2,
+                                         x_T=prob["z"], order=order, rtol=tol, atol=tol, prediction=pred)
+                    solved["difflab"].append({
+                        "label": f"dpm-adaptive prediction={pred} order={order} rtol=atol={tol:.2g}",
+                        "nfe": model.calls, "err": rms(x, prob["ref"]), "tol": tol, "prediction": pred})
                 if i % 2:
                     continue
                 model = Counting(prob["oracle"])
@@ -313,13 +322,13 @@ def sweep(problems, diffusion, quick: bool, fixed: bool = True):
                 x = prob["z"] * math.sqrt(1.0 + float(den.sigma_max) ** 2)
                 x = K.sample_dpm_adaptive(den, x, float(den.sigma_min), float(den.sigma_max), order=order,
                                           rtol=tol, atol=tol, disable=True)
-                adaptive["k-diffusion"].append({"label": f"dpm_adaptive order={order} rtol=atol={tol:.2g}",
-                                                "nfe": model.calls, "err": rms(x, prob["ref_min"]),
-                                                "tol": tol})
+                solved["k-diffusion"].append({"label": f"dpm_adaptive order={order} rtol=atol={tol:.2g}",
+                                              "nfe": model.calls, "err": rms(x, prob["ref_min"]),
+                                              "tol": tol})
         t4 = time.perf_counter()
         print(f"{prob['name']}: difflab {t1 - t0:.0f} s, diffusers {t2 - t1:.0f} s, "
               f"k-diffusion {t3 - t2:.0f} s, adaptive {t4 - t3:.0f} s", flush=True)
-        results[prob["name"]] = {"rows": rows, "adaptive": adaptive}
+        results[prob["name"]] = {"rows": rows, "adaptive": solved, "recommended": recommended}
     return results
 
 
@@ -335,17 +344,31 @@ def table(name: str, res) -> str:
         peers = [best[lib][b][0] for lib in ("diffusers", "k-diffusion") if b in best[lib]]
         ratio = min(peers) / best["difflab"][b][0] if peers and b in best["difflab"] else math.nan
         lines.append(f"| {b} | " + " | ".join(cells) + f" | {ratio:.2f} |")
+    if res["recommended"]:
+        lines += ["", f"**{name}: `difflab sample --nfe N` (`budget.recommend`) against the best peer**", "",
+                  "| NFE | configuration (NFE used) | error | best peer / this |", "|---|---|---|---|"]
+        for r in res["recommended"]:
+            b = r["budget"]
+            peers = [best[lib][b][0] for lib in ("diffusers", "k-diffusion") if b in best[lib]]
+            ratio = min(peers) / r["err"]
+            lines.append(f"| {b} | {r['label']} ({r['nfe']}) | {r['err']:.2e} | {ratio:.2f} |")
+    if not res["adaptive"]["difflab"]:
+        return "\n".join(lines + [""])
     lines += ["", f"**{name}: adaptive solvers (each point: NFE, RMS error)**", "",
-              "| tolerance | difflab dpm-adaptive (order 2 / 3) | k-diffusion dpm_adaptive (order 2 / 3) |",
-              "|---|---|---|"]
+              "| tolerance | difflab dpm-adaptive, data prediction (order 2 / 3) | difflab, noise prediction "
+              "(order 2 / 3) | k-diffusion dpm_adaptive (order 2 / 3) |", "|---|---|---|---|"]
     ad = res["adaptive"]
+    data, noise = ({"difflab": [r for r in ad["difflab"] if r.get("prediction", "data") == p],
+                    "k-diffusion": ad["k-diffusion"]} for p in ("data", "noise"))
     for tol in TOLERANCES:
         cells = []
-        for lib in ("difflab", "k-diffusion"):
-            pair = [r for r in ad[lib] if r["tol"] == tol]
+        for rows in (data["difflab"], noise["difflab"], ad["k-diffusion"]):
+            pair = [r for r in rows if r["tol"] == tol]
             cells.append(" / ".join(f"{r['nfe']}, {r['err']:.2e}" for r in pair) or "-")
         lines.append(f"| {tol:.2g} | " + " | ".join(cells) + " |")
-    lines += ["", adaptive_verdict(ad), ""]
+    lines += ["", "both predictions: " + adaptive_verdict(ad), "",
+              "data prediction only: " + adaptive_verdict(data), "",
+              "noise prediction only: " + adaptive_verdict(noise), ""]
     return "\n".join(lines)
 
 
@@ -373,9 +396,14 @@ def main() -> None:
     p.add_argument("--json", default=None, help="write every row here")
     p.add_argument("--only", default=None, help="gaussian or mixture")
     p.add_argument("--adaptive-only", action="store_true", help="only the adaptive solvers' sweep")
+    p.add_argument("--budgets", default=None, help="comma-separated NFE budgets (default: BUDGETS)")
+    p.add_argument("--fixed-only", action="store_true", help="skip the adaptive solvers' sweep")
     args = p.parse_args()
     torch.set_num_threads(1)
     warnings.filterwarnings("ignore")
+    if args.budgets:
+        global BUDGETS
+        BUDGETS = tuple(int(b) for b in args.budgets.split(","))
     import diffusers
 
     t0 = time.perf_counter()
@@ -386,7 +414,8 @@ def main() -> None:
         problems.append(gaussian_problem(diffusion, n))
     if args.only in (None, "mixture"):
         problems.append(mixture_problem(diffusion, 2 * n))
-    results = sweep(problems, diffusion, args.quick, fixed=not args.adaptive_only)
+    results = sweep(problems, diffusion, args.quick, fixed=not args.adaptive_only,
+                    adaptive=not args.fixed_only)
     print(f"\ndiffusers {diffusers.__version__}, k-diffusion 0.1.1, torch {torch.__version__}, "
           f"{time.perf_counter() - t0:.0f} s\n")
     for name, res in results.items():

@@ -1,6 +1,10 @@
 """Fréchet distance against network evaluations (NFE) for every sampler, on a trained image model.
 
     .venv/bin/python bench/samplers_trained.py --run runs/digits [--n 500] [--budgets 10,20,50,100]
+    .venv/bin/python bench/samplers_trained.py --run runs/demo --recommended --budgets 5,8,10,14,20
+
+(``--recommended``: the ``difflab sample --nfe N`` configuration of each budget, next to UniPC on its
+default and on ``quadratic`` steps and DPM-Solver++(2M), instead of every sampler.)
 
 Each sampler runs on its default spacing with ``steps`` chosen to spend the NFE budget (the same
 rule as ``bench/samplers.py``), from the same seeds, with ``x0`` clipped to [-1, 1]. The reference is
@@ -23,11 +27,11 @@ from difflab import runs as jobs
 from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
 from difflab.runs.build import build_splits
 from difflab.runs.load import sampling_model
-from difflab.samplers.budget import levels_for_nfe
+from difflab.samplers.budget import levels_for_nfe, recommend
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-sde", "pc")
-# the training-free samplers of issue 14: their levels for a budget come from difflab.samplers.budget
-BUDGETED = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s")
+# the samplers of issue 14: their levels for a budget come from difflab.samplers.budget
+BUDGETED = ("unipc", "deis", "ipndm", "dpm++2s", "dpm++3s", "restart")
 
 
 def _steps_for():
@@ -43,6 +47,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     p.add_argument("--budgets", default="10,20,50,100")
     p.add_argument("--out", default=None, help="write the table as JSON here")
+    p.add_argument("--recommended", action="store_true", help="only the --nfe configurations (see above)")
     args = p.parse_args()
     steps_for = _steps_for()
     cfg, diffusion, model, splits = jobs.load_run(args.run)
@@ -63,6 +68,16 @@ def main() -> None:
         return {"sampler": name, "nfe": nfe, "fd": s["fd"], "conf": s["confident_fraction"],
                 "seconds": round(time.perf_counter() - t0, 1)}
 
+    if args.recommended:
+        for b in (int(b) for b in args.budgets.split(",")):
+            name, steps, spacing = recommend(b)
+            for label, (n, st, sp) in {f"--nfe {b}: {name} {spacing}": (name, steps, spacing),
+                                       "unipc default": ("unipc", b, None),
+                                       "unipc quadratic": ("unipc", b, "quadratic"),
+                                       "dpm++2m": ("dpm++2m", b, None)}.items():
+                r = run(n, st, spacing=sp)
+                print(f"NFE {r['nfe']:>3} {label:<32} FD {r['fd']:.3f} conf {r['conf']:.3f}", flush=True)
+        return
     ref = run("ancestral", None)
     floor = classifier_scores(clf, splits.train[: len(splits.test)], splits.test)["fd"]
     print(f"run {args.run}: {args.n} samples; classifier test accuracy {info['test_accuracy']:.3f}")

@@ -163,14 +163,37 @@ def test_deis_log_rho_coefficients_match_their_closed_form(diffusion, oracle):
     torch.testing.assert_close(got, x, rtol=1e-10, atol=1e-10)
 
 
-def test_adaptive_reaches_its_tolerance_and_counts_every_evaluation(diffusion, oracle):
+@pytest.mark.parametrize("prediction", ["data", "noise"])
+@pytest.mark.parametrize("order", [2, 3])
+def test_adaptive_pair_has_its_local_orders_against_the_exact_flow(diffusion, oracle, order, prediction):
+    """One step of the pair from ``sigma~ = 0.1``: the higher solution's local error against the
+    closed-form flow is ``O(h^(order+1))`` and the estimate ``x~_high - x~_low`` is ``O(h^order)``."""
+    from difflab.samplers.adaptive import embedded_pair
+    from difflab.samplers.ve import VEDenoiser
+
+    ve = VEDenoiser(diffusion.denoiser(oracle), make_levels(diffusion.schedule, diffusion.timesteps_for(2)))
+    s0 = 0.1
+    x = MU + math.sqrt(S**2 + s0**2) * x_T(64)  # x~ at sigma~ = s0, lambda = -log s0
+    d0 = ve.at_sigma(x, s0)
+    errs, ests = [], []
+    for h in (0.1, 0.05):
+        low, high = embedded_pair(ve, x, -math.log(s0), h, d0, order, prediction, "heun")
+        exact = MU + (x - MU) * math.sqrt(S**2 + (s0 * math.exp(-h)) ** 2) / math.sqrt(S**2 + s0**2)
+        errs.append(float((high - exact).pow(2).mean().sqrt()))
+        ests.append(float((high - low).pow(2).mean().sqrt()))
+    assert abs(math.log2(errs[0] / errs[1]) - (order + 1)) < 0.25, errs
+    assert abs(math.log2(ests[0] / ests[1]) - order) < 0.25, ests
+
+
+@pytest.mark.parametrize("prediction", ["data", "noise"])
+def test_adaptive_reaches_its_tolerance_and_counts_every_evaluation(diffusion, oracle, prediction):
     z = x_T()
     ref = exact_endpoint(diffusion, z)
     errs, nfes = {}, {}
     for order, tol in ((2, 1e-3), (3, 1e-3), (3, 1e-5)):
         counting, calls = counted(oracle)
         x, nfe = diffusion.sample(counting, z.shape, sampler="dpm-adaptive", x_T=z, rtol=tol, atol=tol,
-                                  order=order, return_nfe=True)
+                                  order=order, prediction=prediction, return_nfe=True)
         assert nfe == len(calls)
         errs[order, tol], nfes[order, tol] = float((x - ref).abs().max()), nfe
     assert errs[3, 1e-5] < min(1e-4, errs[3, 1e-3] / 10), errs  # tolerance 1e-5: within 10x of it per sample
@@ -195,11 +218,17 @@ def test_every_new_sampler_solves_every_process(process):
     lv = make_levels(d.schedule, d.timesteps_for(16, "logsnr"))
     z = d.prior_std(lv) * x_T(16)
     ref = exact_endpoint(d, z, 16, "logsnr")
-    for name in NEW:
-        x = d.sample(oracle, z.shape, sampler=name, steps=16, spacing="logsnr", x_T=z,
-                     **({"rtol": 1e-3, "atol": 1e-3} if name == "dpm-adaptive" else {}))
+    adaptive = {"rtol": 1e-3, "atol": 1e-3}
+    for name, options in [(n, adaptive if n == "dpm-adaptive" else {}) for n in NEW] + [
+        ("dpm-adaptive", {**adaptive, "prediction": "noise"})
+    ]:
+        x = d.sample(oracle, z.shape, sampler=name, steps=16, spacing="logsnr", x_T=z, **options)
         err = float((x - ref).abs().max()) / max(1.0, float(ref.abs().max()))
-        assert err < 0.02, (process, name)
+        assert err < 0.02, (process, name, options)
+    x = d.sample(oracle, z.shape, sampler="restart", steps=16, x_T=z,
+                 generator=torch.Generator().manual_seed(2))
+    ref = exact_restart_endpoint(d, z, 16, 1, seed=2)
+    assert float((x - ref).abs().max()) / max(1.0, float(ref.abs().max())) < 0.05, (process, "restart")
 
 
 @pytest.mark.parametrize(
@@ -217,6 +246,7 @@ def test_every_new_sampler_solves_every_process(process):
         ("dpm-adaptive", {"order": 1}, "order"),
         ("dpm-adaptive", {"rtol": 0.0}, "rtol"),
         ("dpm-adaptive", {"max_growth": -1.0}, "max_growth"),
+        ("dpm-adaptive", {"prediction": "v"}, "prediction"),
     ],
 )
 def test_bad_options_raise_one_line_errors(diffusion, oracle, name, options, word):
@@ -256,6 +286,18 @@ def test_edm_jump_spacing_is_one_step_then_karras_from_sigma_10(diffusion):
     assert diffusion.timesteps_for(2, "edm-jump").tolist() == [999.0, 0.0]
 
 
+@pytest.mark.parametrize("steps", [3, 12])
+def test_logsnr_jump_spacing_is_one_step_then_equal_log_snr_steps_from_sigma_10(diffusion, steps):
+    t = diffusion.timesteps_for(steps, "logsnr-jump")
+    assert float(t[0]) == 999.0 and float(t[-1]) == 0.0 and bool((t[1:] < t[:-1]).all())
+    a, s = diffusion.schedule.alpha_sigma(t)
+    log_sigma = torch.log(s / a)[1:]
+    sigma_min = math.exp(-0.5 * float(diffusion.schedule.lambdas[0]))
+    want = torch.linspace(math.log(10.0), math.log(sigma_min), steps - 1, dtype=torch.float64)
+    torch.testing.assert_close(log_sigma, want, rtol=0, atol=1e-9)
+    assert diffusion.timesteps_for(2, "logsnr-jump").tolist() == [999.0, 0.0]
+
+
 def test_budget_plan_for_the_command_line():
     from difflab.cli import _parser
 
@@ -286,8 +328,57 @@ def test_a_learned_variance_network_samples_by_its_eps_channels(oracle):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_edm_jump_is_edm_when_the_top_level_is_at_the_jump():
+def test_a_jump_spacing_is_its_ramp_when_the_top_level_is_at_the_jump():
     from difflab.processes import VEDiffusion
 
     d = VEDiffusion(sigma_min=0.01, sigma_max=10.0)
-    torch.testing.assert_close(d.timesteps_for(12, "edm-jump"), d.timesteps_for(12, "edm"), rtol=0, atol=0)
+    for plain in ("edm", "logsnr"):
+        jumped = d.timesteps_for(12, f"{plain}-jump")
+        torch.testing.assert_close(jumped, d.timesteps_for(12, plain), rtol=0, atol=0)
+
+
+def exact_restart_endpoint(diffusion, z, steps, restarts, seed, interval=(0.1, 2.0)):
+    """The exact flow with Restart's jumps (Xu et al. 2023, Algorithm 1), closed form: flow to the first
+    ``edm`` level at or below ``interval[0]``, ``restarts`` times add ``sqrt(top^2 - lo^2) z`` with the
+    sampler's noise and flow back down, then flow to the last level and take ``x0_hat`` there."""
+    lv = make_levels(diffusion.schedule, diffusion.timesteps_for(steps, "edm"))
+    sig = [float(s) for s in lv.sigma_ve]
+    lo = next(s for s in sig[1:] if s <= interval[0])
+
+    def flow(x, a, b):
+        return MU + (x - MU) * math.sqrt(S**2 + b**2) / math.sqrt(S**2 + a**2)
+
+    x = flow(z / float(lv.alpha[0]), sig[0], lo)
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(restarts):
+        x = x + math.sqrt(interval[1] ** 2 - lo**2) * torch.randn(x.shape, generator=g, dtype=x.dtype)
+        x = flow(x, interval[1], lo)
+    x = flow(x, lo, sig[-1])
+    return MU + S**2 * (x - MU) / (S**2 + sig[-1] ** 2)
+
+
+def test_restart_converges_at_second_order_to_the_exact_restarted_flow(diffusion, oracle):
+    z, errs, nfes = x_T(), [], []
+    for steps in (20, 40):
+        counting, calls = counted(oracle)
+        x, nfe = diffusion.sample(counting, z.shape, sampler="restart", steps=steps, x_T=z, restarts=2,
+                                  restart_steps=steps // 2, generator=torch.Generator().manual_seed(5),
+                                  return_nfe=True)
+        assert nfe == len(calls) == 2 * steps - 1 + 2 * 2 * (steps // 2)
+        ref = exact_restart_endpoint(diffusion, z, steps, 2, seed=5)
+        errs.append(float((x - ref).pow(2).mean().sqrt()))
+        nfes.append(nfe)
+    slope = math.log(errs[0] / errs[1]) / math.log(nfes[1] / nfes[0])
+    assert abs(slope - 2) < 0.35 and errs[1] < 1e-3, (slope, errs)
+
+
+def test_restart_without_restarts_is_heun_and_counts_as_documented(diffusion, oracle):
+    z = x_T(16)
+    a = diffusion.sample(oracle, z.shape, sampler="restart", steps=11, x_T=z, restarts=0)
+    b = diffusion.sample(oracle, z.shape, sampler="heun", steps=11, x_T=z)
+    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    counting, calls = counted(oracle)
+    _, nfe = diffusion.sample(counting, z.shape, sampler="restart", steps=11, x_T=z, return_nfe=True)
+    assert nfe == len(calls) == 2 * 11 - 1 + 2 * 9 and levels_for_nfe("restart", nfe) == 11
+    with pytest.raises(ValueError, match="restart_sigmas"):
+        diffusion.sample(oracle, z.shape, sampler="restart", steps=11, restart_sigmas=(2.0, 0.1))

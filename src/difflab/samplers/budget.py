@@ -13,12 +13,23 @@ import argparse
 #: smallest NFE of the row -> (sampler, spacing); the row of a budget is the last one it reaches.
 #: Each sampler runs with its default options (see ``docs/samplers.md`` for the measurements).
 #: Chosen per budget by the smallest worst case, over the two oracle families, of the error relative to
-#: the best peer configuration (NFE 5, 6, 8, 10, 15, 20, 50 measured; below 5 the row of 5 is kept).
+#: the best peer configuration (NFE 5, 6, 8, 10, 12, 15, 20, 50 measured; below 5 the row of 5 is kept).
+#: The rows up to 13 NFE are at least as accurate as the best peer on both families at every measured
+#: budget they cover: the lowest orders extrapolate least at the fewest steps (iPNDM), AB-DEIS across
+#: edm-jump's short steps near the data in between. From 14 NFE the row is the fourth-order UniPC-3 on
+#: quadratic steps, chosen on trained networks: the jump spacings' one step above sigma~ = 10 is never
+#: refined there, and UniPC on logsnr-jump (2-8x the best peer on the oracles) gave FD 4.71 / 4.55 at
+#: 15 / 20 NFE on the digits DDPM and 1.68 / 1.64 on the digits flow model, against 4.38 / 4.10 and
+#: 1.45 / 1.55 on quadratic steps (docs/samplers.md). On the Gaussian oracle this row trails the best
+#: peer configuration at 15 / 20 NFE (0.76x / 0.83x; the mixture: 3.96x / 2.81x), while difflab's best
+#: configuration at those budgets leads the peers.
+#: Below 5 NFE (not measured against the peers) the jump would spend one of 2-4 levels where x0_hat
+#: barely moves, so plain logsnr is kept there (better than DDIM at 3 NFE: tested).
 RECOMMENDED: dict[int, tuple[str, str]] = {
     1: ("ipndm", "logsnr"),
-    6: ("ipndm", "edm-jump"),
+    5: ("ipndm", "logsnr-jump"),
     8: ("deis", "edm-jump"),
-    15: ("unipc", "quadratic"),
+    14: ("unipc", "quadratic"),
 }
 
 #: NFE of ``N`` levels, for the samplers whose count is not ``N`` (``pc``: one corrector step)
@@ -27,6 +38,7 @@ NFE_OF_LEVELS = {
     "dpm++2s": lambda n: 2 * n - 1,
     "dpm++3s": lambda n: 3 * n - 2,
     "pc": lambda n: 2 * n,
+    "restart": lambda n: 2 * n - 1 + 2 * 9,  # one restart of 9 Heun steps (the defaults)
 }
 #: samplers whose evaluation count is set by a tolerance or a per-level count, not by the levels
 NOT_BY_LEVELS = ("ode", "dpm-adaptive", "langevin")

@@ -9,9 +9,10 @@ import torch
 
 from ..schedules import DiscreteSchedule, check_log_snr
 
-SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump")
+SPACINGS = ("uniform", "quadratic", "logsnr", "edm", "edm-jump", "logsnr-jump")
 EDM_RHO = 7.0
-#: ``edm-jump``: the level the first step jumps to, in ``sigma~`` (ten times a unit data scale)
+#: ``edm-jump``, ``logsnr-jump``: the level the first step jumps to, in ``sigma~`` (ten times a unit data
+#: scale)
 JUMP_SIGMA = 10.0
 
 
@@ -64,7 +65,9 @@ def make_timesteps(schedule: DiscreteSchedule, steps: int, spacing: str = "unifo
     level, then the ``edm`` ramp from ``sigma~ = 10`` (``JUMP_SIGMA``) down to model time 0 for the other
     ``steps - 1`` levels (``edm`` itself where the top level is at most 10). Far above the data's scale
     ``x0_hat`` hardly changes (by ``s^2/sigma~^2`` for data of scale ``s``), so one step spans that range
-    accurately and the levels are spent below it (measured in ``docs/samplers.md``).
+    accurately and the levels are spent below it (measured in ``docs/samplers.md``); ``logsnr-jump``:
+    the same jump, then equal steps in ``lambda`` from ``sigma~ = 10`` down to model time 0 (the
+    exponential integrators' own spacing below the jump).
     """
     T = schedule.timesteps
     if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= T:
@@ -80,23 +83,27 @@ def make_timesteps(schedule: DiscreteSchedule, steps: int, spacing: str = "unifo
         lam = schedule.lambdas
         targets = lam[-1] + (1 - u) * (lam[0] - lam[-1])
         return _invert_decreasing(lam, targets)
+    if spacing not in ("edm", "edm-jump", "logsnr-jump"):
+        raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
     ends = torch.exp(-0.5 * schedule.lambdas[[T - 1, 0]])  # sigma~_max, sigma~_min
-    if spacing == "edm-jump" and float(ends[0]) <= JUMP_SIGMA * (1 + 1e-6):
-        spacing = "edm"  # nothing above the jump: the plain ramp
-    if spacing == "edm-jump" and steps == 2:
+    jump = spacing.endswith("-jump")
+    if jump and float(ends[0]) <= JUMP_SIGMA * (1 + 1e-6):
+        return make_timesteps(schedule, steps, spacing.removesuffix("-jump"))  # nothing above the jump
+    if jump and steps == 2:
         return torch.tensor([T - 1.0, 0.0], dtype=torch.float64)
-    if spacing in ("edm", "edm-jump"):
-        if spacing == "edm-jump":
-            ends[0], u = JUMP_SIGMA, u[1:] / u[1]
+    if jump:
+        ends[0], u = JUMP_SIGMA, u[1:] / u[1]
+    if spacing == "logsnr-jump":  # equal steps in log sigma~ = -lambda/2
+        sigma_ve = torch.exp(torch.log(ends[0]) + (1 - u) * torch.log(ends[1] / ends[0]))
+    else:
         root = ends ** (1 / EDM_RHO)
         sigma_ve = (root[0] + (1 - u) * (root[1] - root[0])) ** EDM_RHO
-        t = time_of_sigma_ve(schedule, sigma_ve.clamp(float(ends[1]), float(ends[0])))
-        t[-1] = 0.0  # exact ends, free of rounding in the power and the inversion
-        if spacing == "edm-jump":
-            t = torch.cat([torch.tensor([T - 1.0], dtype=torch.float64), t])
-        t[0] = T - 1.0
-        return t
-    raise ValueError(f"unknown spacing {spacing!r}; choose one of {', '.join(SPACINGS)}")
+    t = time_of_sigma_ve(schedule, sigma_ve.clamp(float(ends[1]), float(ends[0])))
+    t[-1] = 0.0  # exact ends, free of rounding in the power and the inversion
+    if jump:
+        t = torch.cat([torch.tensor([T - 1.0], dtype=torch.float64), t])
+    t[0] = T - 1.0
+    return t
 
 
 def _invert_decreasing(lam: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
