@@ -17,7 +17,7 @@ import torch
 from difflab import runs
 from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
 from difflab.runs.build import build_splits
-from difflab.runs.load import sampling_model
+from difflab.runs.common import sampling_model
 from difflab.samplers.budget import levels_for_nfe
 
 # budgets of a row -> the (sampler, spacing) candidates compared there

@@ -26,7 +26,7 @@ import torch
 from difflab import runs as jobs
 from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
 from difflab.runs.build import build_splits
-from difflab.runs.load import sampling_model
+from difflab.runs.common import sampling_model
 from difflab.samplers.budget import levels_for_nfe, recommend
 
 SAMPLERS = ("ancestral", "ddim", "euler", "heun", "dpm++2m", "dpm++3m", "dpm++2m-sde", "pc")

@@ -89,10 +89,11 @@ def truncated_ode_bound(
     import time
     from pathlib import Path
 
-    from .runs import load as jobs
+    from .runs import common as jobs
+    from .runs.load import load_run
 
     run_dir = Path(run_dir)
-    cfg, diffusion, model, splits = jobs.load_run(run_dir)
+    cfg, diffusion, model, splits = load_run(run_dir)
     if not splits.is_image or not hasattr(diffusion, "ode_view"):
         raise ValueError("--ode-decoder scores grid images with a variance-preserving diffusion (vp or vdm)")
     jobs.set_threads(cfg)

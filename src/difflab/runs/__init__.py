@@ -9,14 +9,16 @@ command      what it does                                     module
 ``viz``      strips and the bound's plot                      :mod:`difflab.runs.figures`
 ============ ================================================ ===========================
 
-:mod:`difflab.runs.load` reads a folder back as a :class:`~difflab.runs.load.Run`;
+:mod:`difflab.runs.load` reads a folder back as a :class:`~difflab.runs.common.Run` and
+:mod:`difflab.runs.common` holds what every command shares;
 :mod:`difflab.runs.folder` holds its lock and the checks of its recorded data split;
 :mod:`difflab.runs.build` makes the data, process and network a config names.
 """
 
+from .common import Run, score_by_class
 from .evaluate import bound, evaluate, frechet, likelihood, ode_bound, sliced
 from .figures import run_curve, strips, vlb_figure
-from .load import Run, load_run, score_by_class
+from .load import load_run
 from .sample import sample
 from .train import train
 

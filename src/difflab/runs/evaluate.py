@@ -17,10 +17,8 @@ from ..ode_likelihood import ode_bits_per_dim, ode_nll
 from ..processes.protocol import has_bound
 from ..vae import jobs as vae_jobs
 from .build import build_diffusion, build_splits, fresh_data
-from .folder import check_split
-from .load import (
+from .common import (
     check_count_of,
-    load_run,
     load_samples,
     run_config,
     samples_info,
@@ -29,6 +27,8 @@ from .load import (
     split_data,
     update_json,
 )
+from .folder import check_split
+from .load import load_run
 
 
 def bound(

@@ -12,7 +12,8 @@ import torch
 from ..processes.protocol import has_bound
 from ..vae import jobs as vae_jobs
 from ..viz.vlb import BoundCurve, continuous_curve, curve_from_terms, plot_vlb
-from .load import class_model, load_run, run_config, sampling_model, set_threads, split_data
+from .common import class_model, run_config, sampling_model, set_threads, split_data
+from .load import load_run
 
 
 def run_curve(run_dir: str | Path, split: str = "test", n: int | None = None, label: str | None = None,

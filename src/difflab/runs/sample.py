@@ -14,7 +14,8 @@ import torch
 from .. import guidance as guidance_mod
 from ..config import Config
 from ..train.checkpoint import atomic_write
-from .load import IMAGE_CLIP, check_count_of, labels_for, load_run, sampling_model, set_threads, write_json
+from .common import IMAGE_CLIP, check_count_of, labels_for, sampling_model, set_threads, write_json
+from .load import load_run
 
 ETA_SAMPLERS = ("ddim", "dpm++3m", "dpm++2m-sde")
 

@@ -17,8 +17,8 @@ from ..train.checkpoint import checkpoint_path
 from ..train.trainer import Trainer
 from ..vae import jobs as vae_jobs
 from .build import Splits, build_diffusion, build_model, build_splits
+from .common import IMAGE_CLIP, main_rank, sampling_model, write_json
 from .folder import RunFolderError, RunLock, check_split, clear_run, holds_run
-from .load import IMAGE_CLIP, main_rank, sampling_model, write_json
 
 
 def train(

@@ -250,10 +250,11 @@ def bound(
     """``difflab eval bpd`` of these runs, in bits/dim on the data's grid. Autoencoder runs: the ELBO with
     its reconstruction and per-level KL parts, and the IWAE bound for each ``K`` of ``eval.iwae_k``.
     Latent runs: the bound (2) of :mod:`difflab.vae.latent` with its decoder, latent and entropy parts."""
-    from ..runs import load as jobs  # the generic helpers (split_data, score_by_class, update_json)
+    from ..runs import common as jobs  # the generic helpers (split_data, score_by_class, update_json)
 
     run_dir = Path(run_dir)
-    cfg, process, model, splits = jobs.load_run(run_dir)
+    cfg = jobs.run_config(Path(run_dir))
+    cfg, process, model, splits = load_run(cfg, Path(run_dir))
     jobs.set_threads(cfg)
     data, labels = jobs.split_data(cfg, splits, split, n)
     bits = 1.0 / (int(math.prod(splits.shape)) * math.log(2.0))
@@ -292,11 +293,12 @@ def bound(
 def strips(run_dir: str | Path, rows: int = 10) -> list[str]:
     """``reconstructions.png``: the first ``rows`` test images over their reconstructions (through the
     autoencoder: the decoder mean at the encoder mean)."""
-    from ..runs import load as jobs
+    from ..runs import common as jobs
     from ..viz.images import save_grid
 
     run_dir = Path(run_dir)
-    cfg, process, model, splits = jobs.load_run(run_dir)
+    cfg = jobs.run_config(Path(run_dir))
+    cfg, process, model, splits = load_run(cfg, Path(run_dir))
     ae = model if cfg.vae.kind else process.autoencoder
     x = splits.test[:rows]
     save_grid(torch.cat([x, ae.reconstruct(x)]), run_dir / "reconstructions.png", nrow=len(x))
