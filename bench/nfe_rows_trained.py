@@ -11,14 +11,16 @@ cached digit classifier (``difflab eval fd``) against the run's test images (``d
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import torch
 
-from difflab import runs
-from difflab.metrics.classifier_features import classifier_scores, load_or_train_classifier
-from difflab.runs.build import build_splits
-from difflab.runs.common import sampling_model
+from difflab.metrics.classifier_features import classifier_scores
 from difflab.samplers.budget import levels_for_nfe
+
+sys.path.insert(0, str(Path(__file__).parent))
+from samplers_trained import trained_setup  # noqa: E402  (the same run loading and classifier)
 
 # budgets of a row -> the (sampler, spacing) candidates compared there
 ROWS = {
@@ -35,15 +37,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=500)
     args = p.parse_args()
     for run in args.runs:
-        cfg, diffusion, model, splits = runs.load_run(run)
-        splits = build_splits(cfg)
-        k = int(splits.train_y.max()) + 1
-        clf, _ = load_or_train_classifier(
-            cfg.data.name, (splits.train, splits.train_y), (splits.test, splits.test_y), num_classes=k
-        )
-        shape = (args.n, *splits.shape)
-        x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-        net = sampling_model(cfg, model, args.n)
+        diffusion, net, splits, clf, _, shape, x_T = trained_setup(run, args.n)
         print(run)
         for budgets, candidates in ROWS.items():
             for sampler, spacing in candidates:

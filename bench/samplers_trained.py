@@ -41,6 +41,20 @@ def _steps_for():
     return mod.steps_for
 
 
+def trained_setup(run: str, n: int):
+    """``(diffusion, sampling net, splits, classifier, its info, sample shape, x_T)`` of a trained
+    image run: what every FD-against-NFE measurement here starts from (``x_T`` seeded with 0)."""
+    cfg, diffusion, model, splits = jobs.load_run(run)
+    splits = build_splits(cfg)
+    k = int(splits.train_y.max()) + 1
+    clf, info = load_or_train_classifier(
+        cfg.data.name, (splits.train, splits.train_y), (splits.test, splits.test_y), num_classes=k
+    )
+    shape = (n, *splits.shape)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    return diffusion, sampling_model(cfg, model, n), splits, clf, info, shape, x_T
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--run", default="runs/digits")
@@ -50,15 +64,7 @@ def main() -> None:
     p.add_argument("--recommended", action="store_true", help="only the --nfe configurations (see above)")
     args = p.parse_args()
     steps_for = _steps_for()
-    cfg, diffusion, model, splits = jobs.load_run(args.run)
-    splits = build_splits(cfg)
-    k = int(splits.train_y.max()) + 1
-    clf, info = load_or_train_classifier(
-        cfg.data.name, (splits.train, splits.train_y), (splits.test, splits.test_y), num_classes=k
-    )
-    shape = (args.n, *splits.shape)
-    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    net = sampling_model(cfg, model, args.n)
+    diffusion, net, splits, clf, info, shape, x_T = trained_setup(args.run, args.n)
 
     def run(name: str, steps: int | None, **opts) -> dict:
         t0 = time.perf_counter()
