@@ -76,6 +76,8 @@ class ProcessBase:
             t = self.sample_t(x0.shape[0], generator)
         if noise is None:
             noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        elif noise.shape != x0.shape:
+            raise ValueError(f"noise shape {tuple(noise.shape)} does not match x0 shape {tuple(x0.shape)}")
         return t, noise
 
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:
@@ -106,7 +108,8 @@ class ProcessBase:
         return self.schedule.check_t(t)
 
     def q_sample(self, x0: torch.Tensor, t, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """Sample ``q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I)`` in closed form."""
+        """Sample ``q(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I)`` in closed form (DDPM eq. 4 with
+        ``alpha_t = sqrt(alpha_bar_t)``, ``sigma_t = sqrt(1 - alpha_bar_t)``)."""
         if noise is None:
             noise = torch.randn_like(x0)
         elif noise.shape != x0.shape:

@@ -40,7 +40,7 @@ import torch
 
 from ..checks import check_choice, check_int, check_number, check_positive
 from ..denoiser import Denoiser, Model
-from ..gaussian import check_prediction, target_of
+from ..gaussian import q_sample, target_of
 from ..samplers import FIXED_VARIANCES
 from ..schedules import check_log_snr, check_model_time
 from .base import ProcessBase
@@ -124,7 +124,6 @@ class FlowMatching(ProcessBase):
         logit_std: float = 1.0,
         variance: str = "fixed_small",
     ):
-        check_prediction(prediction)
         check_choice("prediction for flow matching", prediction, FLOW_PREDICTIONS)
         check_choice("t_law", t_law, T_LAWS)
         check_choice("variance", variance, FIXED_VARIANCES)
@@ -169,11 +168,10 @@ class FlowMatching(ProcessBase):
         and ``noise`` from ``N(0, I)`` unless given, both with ``generator``."""
         t, noise = self.training_draws(x0, t, noise, generator)
         t64 = self.model_time(x0, t).float().double()  # the very time the network sees
-        x_t = self.q_sample(x0, t64, noise)
-        alpha, sigma = self.alpha_sigma(t64, x0)
-        den = self.denoiser(model)
-        pred = den.output(x_t, t64)
-        target = target_of(self.prediction, x0, noise, alpha.to(x0.dtype), sigma.to(x0.dtype))
+        alpha, sigma = (v.to(x0.dtype) for v in self.alpha_sigma(t64, x0))
+        x_t = q_sample(x0, alpha, sigma, noise)
+        pred = self.denoiser(model).output(x_t, t64)
+        target = target_of(self.prediction, x0, noise, alpha, sigma)
         return (pred - target).pow(2).flatten(1).mean(1)
 
     def denoiser(self, model: Model, clip: tuple[float, float] | None = None) -> Denoiser:

@@ -16,7 +16,7 @@ from ..metrics import sliced_wasserstein
 from ..ode_likelihood import ode_bits_per_dim, ode_nll
 from ..processes.protocol import has_bound
 from ..vae import jobs as vae_jobs
-from .build import build_diffusion, build_splits, fresh_data
+from .build import build_splits, fresh_data
 from .common import (
     check_count_of,
     load_samples,
@@ -28,7 +28,7 @@ from .common import (
     update_json,
 )
 from .folder import check_split
-from .load import load_run
+from .load import load_process, load_run
 
 
 def bound(
@@ -156,7 +156,7 @@ def evaluate(run_dir: str | Path, progress: bool = True) -> dict[str, Any]:
     """Every metric that fits the run's data: 2-D data -> sliced W2 + bound; images -> bound + FD."""
     run_dir = Path(run_dir)
     cfg = run_config(run_dir)
-    bounded = has_bound(build_diffusion(cfg))
+    bounded = has_bound(load_process(run_dir))
     if cfg.model.kind == "mlp":
         m = sliced(run_dir)
         return bound(run_dir, progress=progress) if bounded else m
@@ -234,7 +234,7 @@ def likelihood(
 ) -> dict[str, Any]:
     """``difflab eval bpd``: the variational bound of a process that declares one, and with ``ode`` the
     probability-flow likelihood (every process has one); a process without a bound needs ``ode``."""
-    bounded = has_bound(load_run(run_dir).diffusion)
+    bounded = vae_jobs.handles(run_config(Path(run_dir))) or has_bound(load_process(run_dir))
     result: dict[str, Any] = {}
     if bounded or not ode:
         result = bound(run_dir, split, n, progress=progress)  # refuses a process without a bound

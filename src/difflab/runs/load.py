@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..processes.protocol import Process
 from ..train.checkpoint import load_weights
 from ..vae import jobs as vae_jobs
 from .build import build_diffusion, build_model, build_splits
@@ -32,4 +33,14 @@ def load_run(run_dir: str | Path) -> Run:
     return Run(cfg, diffusion, model.eval(), splits)
 
 
-__all__ = ["Run", "load_run"]
+def load_process(run_dir: str | Path) -> Process:
+    """The process of a run folder, to ask what it declares (``bound_parts``, ...): built from the
+    recorded config without loading weights or data, except for a diffusers output folder, whose
+    process comes from the linked scheduler (:func:`load_run`)."""
+    run_dir = Path(run_dir)
+    if (run_dir / "diffusers.json").is_file():
+        return load_run(run_dir).diffusion
+    return build_diffusion(run_config(run_dir))
+
+
+__all__ = ["Run", "load_process", "load_run"]
